@@ -1,0 +1,229 @@
+"""The command line: ``python -m kapdata COMMAND ...``.
+
+Exit codes: 0 success; 2 a rejected import or bad usage (the report is on stderr, no traceback);
+1 any other failure (a missing file, a busy database), also reported in one clear message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from kapdata import __version__, cohort, db, ingest, outcomes
+from kapdata import instruments as reg
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _db_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", help="database file (default: $KAP_DB, then data/kap.duckdb)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m kapdata", description="KAP Outcomes: load, check and summarise scale scores."
+    )
+    parser.add_argument("--version", action="version", version=f"kapdata {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("load", help="validate and load patients / sessions / scores files")
+    p.add_argument("files", nargs="+", metavar="FILE", help=".csv, .parquet or .xlsx")
+    _db_arg(p)
+    p.add_argument(
+        "--on-error",
+        choices=("reject", "quarantine"),
+        default="reject",
+        help="reject (default): one bad row rejects everything; quarantine: load good rows, write bad ones out",
+    )
+    p.add_argument("--rejects", help="where quarantined rows go (default: FILE.rejects.csv beside each file)")
+    p.add_argument("--dry-run", action="store_true", help="validate and report; change nothing")
+
+    p = sub.add_parser("outcomes", help="per-patient outcomes, one row per patient × instrument × phase")
+    _db_arg(p)
+    p.add_argument("--instrument", help="PHQ-9, GAD-7 or PCL-5 (default: all)")
+    p.add_argument("--out", required=True, help="CSV file to write")
+
+    p = sub.add_parser("summary", help="cohort summary per instrument × phase")
+    _db_arg(p)
+    p.add_argument("--json", action="store_true", help="print JSON (otherwise a table)")
+    p.add_argument("--out", help="write to this file instead of standard output")
+
+    p = sub.add_parser("batches", help="list import batches")
+    _db_arg(p)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("undo", help="remove one import batch's rows")
+    p.add_argument("batch_id", type=int, metavar="BATCH_ID")
+    _db_arg(p)
+
+    p = sub.add_parser("sample", help="write a synthetic cohort (patients.csv, sessions.csv, scores.csv)")
+    p.add_argument("--patients", type=int, required=True, metavar="N")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, metavar="DIR")
+
+    p = sub.add_parser("init", help="create the database and, if it is empty, load sample_data/")
+    _db_arg(p)
+    p.add_argument("--sample-dir", default=None, help="folder with the sample CSV files")
+    return parser
+
+
+def cmd_load(a: argparse.Namespace) -> int:
+    try:
+        result = ingest.load_files(a.files, a.db, on_error=a.on_error, rejects=a.rejects, dry_run=a.dry_run)
+    except ingest.ImportRejected as exc:
+        res = exc.result
+        errors = res.errors
+        rows = len({(p.file, p.row) for p in errors})
+        print(
+            f"Import rejected: {len(errors)} problem(s) in {rows} row(s); the database is unchanged.",
+            file=sys.stderr,
+        )
+        for problem in res.problems:
+            print(f"  {problem.severity}: {problem}", file=sys.stderr)
+        return 2
+    for problem in result.problems:
+        if problem.severity != "error":
+            print(f"  {problem.severity}: {problem}", file=sys.stderr)
+    for f in result.files:
+        print(f.summary())
+    if a.dry_run:
+        errors = result.errors
+        print(f"dry run: {len(errors)} error(s); nothing was changed")
+        for problem in errors:
+            print(f"  error: {problem}", file=sys.stderr)
+        return 2 if errors else 0
+    return 0
+
+
+def cmd_outcomes(a: argparse.Namespace) -> int:
+    if a.instrument and reg.lookup(a.instrument) is None:
+        raise CliError(f"unknown instrument {a.instrument!r}; known: {', '.join(reg.BY_CODE)}", 2)
+    with db.reader(a.db) as con:
+        n = outcomes.write_outcomes_csv(con, a.out, a.instrument)
+    print(f"{a.out}: {n} rows")
+    return 0
+
+
+def _summary_table(doc: dict[str, Any]) -> str:
+    lines = [
+        f"{'instrument':<10} {'phase':<12} {'baseline':>8} {'compl.':>7} {'ITT':>5} {'mean chg':>9} "
+        f"{'response (compl.)':>20} {'remission (compl.)':>20} {'response (ITT)':>18}"
+    ]
+
+    def pct(r: dict[str, Any]) -> str:
+        return "-" if r["rate"] is None else f"{100 * r['rate']:.0f}% ({r['k']}/{r['n']})"
+
+    for r in doc["results"]:
+        change = r["mean_change"]["mean"]
+        lines.append(
+            f"{r['instrument']:<10} {r['phase']:<12} {r['patients_with_baseline']:>8} {r['completers']:>7} "
+            f"{r['itt']:>5} {'-' if change is None else f'{change:+.1f}':>9} "
+            f"{pct(r['rates']['completers']['response']):>20} {pct(r['rates']['completers']['remission']):>20} "
+            f"{pct(r['rates']['itt']['response']):>18}"
+        )
+    return "\n".join(lines)
+
+
+def cmd_summary(a: argparse.Namespace) -> int:
+    with db.reader(a.db) as con:
+        doc = cohort.summary_document(con)
+    text = json.dumps(doc, indent=2, default=str) if a.json else _summary_table(doc)
+    if a.out:
+        Path(a.out).write_text(text + "\n", encoding="utf-8")
+    else:
+        print(text)
+    return 0
+
+
+def cmd_batches(a: argparse.Namespace) -> int:
+    with db.reader(a.db) as con:
+        rows = ingest.list_batches(con)
+    if a.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    if not rows:
+        print("no batches")
+        return 0
+    print(
+        f"{'batch':>5}  {'loaded at':<19}  {'kind':<8}  {'read':>7} {'loaded':>7} {'rejected':>8}  status  file"
+    )
+    for r in rows:
+        status = "undone" if r["undone_at"] else "active"
+        print(
+            f"{r['batch_id']:>5}  {str(r['loaded_at'])[:19]:<19}  {r['kind']:<8}  {r['rows_read']:>7} "
+            f"{r['rows_loaded']:>7} {r['rows_rejected']:>8}  {status:<6}  {r['file_name']}  sha256 {r['sha256'][:12]}"
+        )
+    return 0
+
+
+def cmd_undo(a: argparse.Namespace) -> int:
+    if not db.db_path(a.db).exists():
+        raise CliError(f"no database at {db.db_path(a.db)}")
+    try:
+        counts = ingest.undo_batch(a.batch_id, a.db)
+    except ingest.UndoError as exc:
+        raise CliError(str(exc), 2) from exc
+    print(
+        f"batch {a.batch_id} undone: {counts['scores']} scores, {counts['sessions']} sessions, "
+        f"{counts['patients']} patients removed"
+        + (
+            f"; {counts['patients_kept'] + counts['patients_reset']} patients set back to unknown attributes"
+            if counts["patients_kept"] + counts["patients_reset"]
+            else ""
+        )
+    )
+    return 0
+
+
+def cmd_sample(a: argparse.Namespace) -> int:
+    from kapdata import sample
+
+    if a.patients < 1:
+        raise CliError("--patients must be at least 1", 2)
+    paths = sample.write_sample(a.patients, a.out, seed=a.seed)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def cmd_init(a: argparse.Namespace) -> int:
+    from kapdata import bootstrap
+
+    message = bootstrap.ensure_database(a.db, a.sample_dir)
+    print(message)
+    return 0
+
+
+COMMANDS = {
+    "load": cmd_load,
+    "outcomes": cmd_outcomes,
+    "summary": cmd_summary,
+    "batches": cmd_batches,
+    "undo": cmd_undo,
+    "sample": cmd_sample,
+    "init": cmd_init,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.code
+    except (db.NoDatabase, db.DatabaseBusy, FileNotFoundError, PermissionError, ValueError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

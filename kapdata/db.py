@@ -1,0 +1,359 @@
+"""DuckDB database: connection, schema, migrations, settings and the derived views.
+
+Concurrency: DuckDB lets one process hold a file read-write, or several processes hold it read-only,
+never both at once. So nothing here keeps a connection open for long: every operation opens a short
+connection (read-only for reads), and a lock held by another process is retried for a few seconds.
+That lets ``python -m kapdata load`` write while the app is running on the same file.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+
+from kapdata import instruments as reg
+
+DEFAULT_DB = Path("data") / "kap.duckdb"
+SCHEMA_VERSION = 1
+LOCK_WAIT_SECONDS = 15.0
+
+PHASES: tuple[str, ...] = ("preparation", "dosing", "integration", "follow-up")
+ENDPOINT_PHASES: tuple[str, ...] = ("dosing", "integration", "follow-up", "latest")
+
+#: Settings named by the design, with defaults. Stored in the ``settings`` table.
+DEFAULT_SETTINGS: dict[str, float] = {
+    "integration_window_days": 84,
+    "overdue_days": 28,
+    "bp_sys_threshold": 160,
+    "bp_dia_threshold": 100,
+    "min_cell": 11,
+}
+
+# Each migration takes the database from version i to i + 1. Never edit a released one: append.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR)""",
+        """CREATE TABLE batches (
+            batch_id INTEGER PRIMARY KEY,
+            file_name VARCHAR NOT NULL,
+            sha256 VARCHAR NOT NULL,
+            kind VARCHAR NOT NULL,
+            rows_read INTEGER NOT NULL,
+            rows_loaded INTEGER NOT NULL,
+            rows_already_present INTEGER NOT NULL,
+            rows_rejected INTEGER NOT NULL,
+            new_patients INTEGER NOT NULL,
+            on_error VARCHAR NOT NULL,
+            loaded_at TIMESTAMP NOT NULL,
+            undone_at TIMESTAMP
+        )""",
+        """CREATE TABLE patients (
+            patient_id VARCHAR NOT NULL,
+            clinic VARCHAR,
+            provider VARCHAR,
+            age_band VARCHAR,
+            sex VARCHAR,
+            primary_condition VARCHAR,
+            route VARCHAR,
+            attributes_known BOOLEAN NOT NULL,
+            batch_id INTEGER NOT NULL,
+            attributes_batch_id INTEGER
+        )""",
+        """CREATE TABLE sessions (
+            patient_id VARCHAR NOT NULL,
+            session_date DATE NOT NULL,
+            route VARCHAR,
+            dose_mg DOUBLE,
+            dose_mg_per_kg DOUBLE,
+            bp_sys_pre SMALLINT,
+            bp_dia_pre SMALLINT,
+            bp_sys_post SMALLINT,
+            bp_dia_post SMALLINT,
+            dissociation SMALLINT,
+            side_effects VARCHAR,
+            batch_id INTEGER NOT NULL
+        )""",
+        """CREATE TABLE scores (
+            patient_id VARCHAR NOT NULL,
+            instrument VARCHAR NOT NULL,
+            assessed_on DATE NOT NULL,
+            assessed_at TIMESTAMP NOT NULL,
+            total SMALLINT NOT NULL,
+            items SMALLINT[],
+            phase VARCHAR,
+            batch_id INTEGER NOT NULL
+        )""",
+        """CREATE TABLE instruments (
+            code VARCHAR PRIMARY KEY,
+            n_items INTEGER NOT NULL,
+            item_max INTEGER NOT NULL,
+            total_max INTEGER NOT NULL,
+            caseness INTEGER NOT NULL,
+            response_pct INTEGER NOT NULL,
+            remission_below INTEGER NOT NULL,
+            reliable_change INTEGER NOT NULL,
+            safety_items INTEGER[] NOT NULL
+        )""",
+        """CREATE TABLE settings (key VARCHAR PRIMARY KEY, value DOUBLE NOT NULL)""",
+    ),
+)
+
+# Derived views, re-created whenever this text changes (its hash is kept in meta).
+VIEWS_SQL: tuple[str, ...] = (
+    # Per-patient dosing span.
+    """CREATE OR REPLACE VIEW patient_dosing AS
+    SELECT patient_id, min(session_date) AS first_session, max(session_date) AS last_session,
+           count(*) AS n_sessions
+    FROM sessions GROUP BY patient_id""",
+    # Every score with its phase (DESIGN §4): explicit phase wins, else derived from the sessions.
+    """CREATE OR REPLACE VIEW scores_phased AS
+    WITH w AS (SELECT CAST(value AS INTEGER) AS days FROM settings WHERE key = 'integration_window_days')
+    SELECT s.patient_id, s.instrument, s.assessed_on, s.assessed_at, s.total, s.items, s.batch_id,
+           coalesce(s.phase, CASE
+               WHEN d.first_session IS NULL OR s.assessed_on <= d.first_session THEN 'preparation'
+               WHEN s.assessed_on <= d.last_session THEN 'dosing'
+               WHEN s.assessed_on <= d.last_session + (SELECT days FROM w) THEN 'integration'
+               ELSE 'follow-up' END) AS phase,
+           s.phase IS NOT NULL AS phase_explicit,
+           CAST(s.assessed_on - d.first_session AS INTEGER) AS day
+    FROM scores s LEFT JOIN patient_dosing d USING (patient_id)""",
+    # Baseline: the last score of a scale in preparation. Latest: the last score after baseline
+    # (the last score outside preparation). Phase endpoints: the last score in each phase.
+    """CREATE OR REPLACE VIEW score_points AS
+    SELECT patient_id, instrument,
+           max_by(total, assessed_at) FILTER (WHERE phase = 'preparation') AS baseline,
+           max(assessed_on) FILTER (WHERE phase = 'preparation') AS baseline_on,
+           max_by(total, assessed_at) FILTER (WHERE phase = 'dosing') AS dosing,
+           max(assessed_on) FILTER (WHERE phase = 'dosing') AS dosing_on,
+           max_by(total, assessed_at) FILTER (WHERE phase = 'integration') AS integration,
+           max(assessed_on) FILTER (WHERE phase = 'integration') AS integration_on,
+           max_by(total, assessed_at) FILTER (WHERE phase = 'follow-up') AS follow_up,
+           max(assessed_on) FILTER (WHERE phase = 'follow-up') AS follow_up_on,
+           max_by(total, assessed_at) FILTER (WHERE phase <> 'preparation') AS latest,
+           max(assessed_on) FILTER (WHERE phase <> 'preparation') AS latest_on,
+           count(*) AS n_scores
+    FROM scores_phased GROUP BY patient_id, instrument""",
+    # One row per patient x instrument x endpoint phase, with every per-patient outcome (DESIGN §5).
+    # locf_endpoint carries the last observation forward (baseline included) for intention-to-treat.
+    """CREATE OR REPLACE VIEW outcomes AS
+    WITH grid AS (
+        SELECT p.patient_id, p.instrument, p.baseline, p.baseline_on, ph.phase, ph.ord,
+               CASE ph.phase WHEN 'dosing' THEN p.dosing WHEN 'integration' THEN p.integration
+                    WHEN 'follow-up' THEN p.follow_up ELSE p.latest END AS endpoint,
+               CASE ph.phase WHEN 'dosing' THEN p.dosing_on WHEN 'integration' THEN p.integration_on
+                    WHEN 'follow-up' THEN p.follow_up_on ELSE p.latest_on END AS endpoint_on,
+               CASE ph.phase
+                    WHEN 'dosing' THEN coalesce(p.dosing, p.baseline)
+                    WHEN 'integration' THEN coalesce(p.integration, p.dosing, p.baseline)
+                    WHEN 'follow-up' THEN coalesce(p.follow_up, p.integration, p.dosing, p.baseline)
+                    ELSE coalesce(p.latest, p.baseline) END AS locf_endpoint
+        FROM score_points p
+        CROSS JOIN (VALUES ('dosing', 1), ('integration', 2), ('follow-up', 3), ('latest', 4))
+             AS ph(phase, ord)
+    )
+    SELECT g.patient_id, g.instrument, g.phase, g.ord AS phase_order, g.baseline, g.baseline_on,
+           g.endpoint, g.endpoint_on, g.locf_endpoint,
+           g.endpoint - g.baseline AS change,
+           CASE WHEN g.baseline > 0 THEN 100.0 * (g.endpoint - g.baseline) / g.baseline END AS pct_change,
+           CASE WHEN g.baseline > 0 AND g.endpoint IS NOT NULL
+                THEN (g.baseline - g.endpoint) * 100 >= i.response_pct * g.baseline END AS response,
+           g.endpoint < i.remission_below AS remission,
+           g.endpoint - g.baseline <= -i.reliable_change AS reliable_improvement,
+           g.endpoint - g.baseline >= i.reliable_change AS reliable_deterioration,
+           g.baseline >= i.caseness AND g.endpoint < i.caseness AS recovery,
+           g.baseline >= i.caseness AND g.endpoint < i.caseness
+               AND g.endpoint - g.baseline <= -i.reliable_change AS reliable_recovery
+    FROM grid g JOIN instruments i ON i.code = g.instrument""",
+)
+
+
+class DatabaseBusy(RuntimeError):
+    """Another process holds the database file for writing."""
+
+
+def db_path(path: str | os.PathLike[str] | None = None) -> Path:
+    """``--db`` if given, else ``KAP_DB``, else ``data/kap.duckdb``."""
+    if path:
+        return Path(path)
+    env = os.environ.get("KAP_DB")
+    return Path(env) if env else DEFAULT_DB
+
+
+def _is_lock_error(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "lock" in text or "conflicting" in text or "being used by another process" in text
+
+
+def connect(
+    path: str | os.PathLike[str] | None = None, *, read_only: bool = False
+) -> duckdb.DuckDBPyConnection:
+    """Open the database, waiting (up to ``LOCK_WAIT_SECONDS``) while another process writes to it."""
+    target = db_path(path)
+    if not read_only:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    delay = 0.02
+    while True:
+        try:
+            return duckdb.connect(str(target), read_only=read_only)
+        except duckdb.IOException as exc:
+            if not _is_lock_error(exc) or time.monotonic() > deadline:
+                if _is_lock_error(exc):
+                    raise DatabaseBusy(
+                        f"{target}: the database is in use by another process that is writing to it; "
+                        "try again in a moment"
+                    ) from exc
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+
+@contextmanager
+def session(
+    path: str | os.PathLike[str] | None = None, *, read_only: bool = False
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A short-lived connection, closed on exit. Writers get the schema made current first."""
+    con = connect(path, read_only=read_only)
+    try:
+        if not read_only:
+            ensure_schema(con)
+        yield con
+    finally:
+        con.close()
+
+
+class NoDatabase(FileNotFoundError):
+    """The database file does not exist yet."""
+
+
+def schema_current(con: duckdb.DuckDBPyConnection) -> bool:
+    if schema_version(con) != SCHEMA_VERSION:
+        return False
+    row = con.execute("SELECT value FROM meta WHERE key = 'views_hash'").fetchone()
+    return bool(row) and row[0] == _views_hash()
+
+
+@contextmanager
+def reader(path: str | os.PathLike[str] | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A short-lived read-only connection to an existing database (migrated first if it is out of date)."""
+    target = db_path(path)
+    if not target.exists():
+        raise NoDatabase(f"no database at {target}: load files first (python -m kapdata load ...)")
+    con = connect(target, read_only=True)
+    if not schema_current(con):
+        con.close()
+        with session(target):
+            pass
+        con = connect(target, read_only=True)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def _views_hash() -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(VIEWS_SQL).encode()).hexdigest()[:16]
+
+
+def schema_version(con: duckdb.DuckDBPyConnection) -> int:
+    exists = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'meta' AND table_schema = 'main'"
+    ).fetchone()
+    if not exists or exists[0] == 0:
+        return 0
+    row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _meta_set(con: duckdb.DuckDBPyConnection, key: str, value: str) -> None:
+    con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    """Create or migrate the schema, seed the registry and settings, refresh the views. Idempotent."""
+    if schema_current(con):
+        return
+    version = schema_version(con)
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"database schema version {version} is newer than this software ({SCHEMA_VERSION}); upgrade kapdata"
+        )
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for step in MIGRATIONS[version:]:
+            for statement in step:
+                con.execute(statement)
+        if version < SCHEMA_VERSION:
+            _meta_set(con, "schema_version", str(SCHEMA_VERSION))
+        seed_registry(con, overwrite=False)
+        for key, value in DEFAULT_SETTINGS.items():
+            con.execute("INSERT OR IGNORE INTO settings VALUES (?, ?)", [key, value])
+        for statement in VIEWS_SQL:
+            con.execute(statement)
+        _meta_set(con, "views_hash", _views_hash())
+        if version == 0:
+            _meta_set(con, "data_version", "0")
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+
+
+def seed_registry(con: duckdb.DuckDBPyConnection, *, overwrite: bool) -> None:
+    """Write the instrument registry's thresholds into the ``instruments`` table."""
+    verb = "INSERT OR REPLACE" if overwrite else "INSERT OR IGNORE"
+    rows = [
+        [
+            i.code,
+            i.n_items,
+            i.item_max,
+            i.total_max,
+            i.caseness,
+            i.response_pct,
+            i.remission_below,
+            i.reliable_change,
+            list(i.safety_items),
+        ]
+        for i in reg.INSTRUMENTS
+    ]
+    con.executemany(verb + " INTO instruments VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+
+def bump_data_version(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(
+        "UPDATE meta SET value = CAST(CAST(value AS BIGINT) + 1 AS VARCHAR) WHERE key = 'data_version'"
+    )
+
+
+def get_settings(con: duckdb.DuckDBPyConnection) -> dict[str, float]:
+    rows = con.execute("SELECT key, value FROM settings").fetchall()
+    out = dict(DEFAULT_SETTINGS)
+    out.update({k: v for k, v in rows})
+    return out
+
+
+def is_empty(con: duckdb.DuckDBPyConnection) -> bool:
+    row = con.execute("SELECT (SELECT count(*) FROM patients) + (SELECT count(*) FROM scores)").fetchone()
+    return not row or row[0] == 0
+
+
+def file_version(path: str | os.PathLike[str] | None = None) -> tuple[int, int]:
+    """A cheap fingerprint of the database file (and its write-ahead log) for cache keys."""
+    target = db_path(path)
+    stamp = 0
+    size = 0
+    for p in (target, Path(str(target) + ".wal")):
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            continue
+        stamp = max(stamp, st.st_mtime_ns)
+        size += st.st_size
+    return stamp, size

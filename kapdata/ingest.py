@@ -1,0 +1,1079 @@
+"""Read, validate and load patients, sessions and scores files (DESIGN §3).
+
+Everything one call loads is one transaction: either every file's good rows are committed, or the
+database is left exactly as it was. Files are read with DuckDB's own readers (pandas only for
+``.xlsx``), every cell as text; validation is set-based SQL over the staged rows, and every problem
+names the file, the row (as a spreadsheet shows it: the header is row 1), the column, the value and
+the reason. Each file becomes one batch in ``batches`` and can be undone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import duckdb
+
+from kapdata import db
+from kapdata import instruments as reg
+
+Kind = Literal["patients", "sessions", "scores"]
+OnError = Literal["reject", "quarantine"]
+KIND_ORDER: tuple[Kind, ...] = ("patients", "sessions", "scores")
+
+PATIENT_ID_RE = r"^[A-Za-z0-9_-]{1,64}$"
+AGE_BANDS = ("18-24", "25-34", "35-44", "45-54", "55-64", "65+")
+SEXES = ("female", "male", "other", "unknown")
+CONDITIONS = ("PTSD", "MDD", "GAD", "other")
+ROUTES = ("IV", "IM", "SL", "IN", "oral")
+SIDE_EFFECTS = ("nausea", "vomiting", "dizziness", "headache", "hypertension", "anxiety", "sedation", "other")
+ROUTE_ALIASES = {
+    "iv": "IV",
+    "intravenous": "IV",
+    "im": "IM",
+    "intramuscular": "IM",
+    "sl": "SL",
+    "sublingual": "SL",
+    "in": "IN",
+    "intranasal": "IN",
+    "nasal": "IN",
+    "oral": "oral",
+    "po": "oral",
+}
+SEX_ALIASES = {"female": "female", "f": "female", "male": "male", "m": "male", "other": "other"}
+SEX_ALIASES |= {"unknown": "unknown", "u": "unknown"}
+PHASE_ALIASES = {
+    "preparation": "preparation",
+    "prep": "preparation",
+    "dosing": "dosing",
+    "integration": "integration",
+    "follow-up": "follow-up",
+    "followup": "follow-up",
+    "follow_up": "follow-up",
+    "follow up": "follow-up",
+}
+
+COLUMNS: dict[Kind, tuple[str, ...]] = {
+    "patients": ("patient_id", "clinic", "provider", "age_band", "sex", "primary_condition", "route"),
+    "sessions": (
+        "patient_id",
+        "session_date",
+        "route",
+        "dose_mg",
+        "dose_mg_per_kg",
+        "bp_sys_pre",
+        "bp_dia_pre",
+        "bp_sys_post",
+        "bp_dia_post",
+        "dissociation",
+        "side_effects",
+    ),
+    "scores": ("patient_id", "instrument", "assessed_on", "total", "phase"),
+}
+REQUIRED: dict[Kind, tuple[str, ...]] = {
+    "patients": ("patient_id",),
+    "sessions": ("patient_id", "session_date"),
+    "scores": ("patient_id", "instrument", "assessed_on"),
+}
+ITEM_COLUMN_RE = re.compile(r"^item_?(\d{1,3})$")
+
+#: Column names that look like direct identifiers. The data must arrive anonymized.
+IDENTIFIER_PATTERNS: tuple[tuple[str, str], ...] = (
+    (r"^(first|last|given|family|full|middle|sur|patient|client|person|maiden)_?name$|^name$", "a name"),
+    (r"^(dob|birth_?date|date_of_birth|birthday|birth_day|born|born_on)$", "a birth date"),
+    (
+        r"^(address|home_address|street|street_address|address_line_?\d?|city|zip|zip_?code|post_?code|"
+        r"postal_code)$",
+        "an address",
+    ),
+    (r"^(phone|telephone|tel|mobile|phone_number|telephone_number|mobile_number|fax)$", "a phone number"),
+    (r"^(e_?mail|e_?mail_address)$", "an e-mail address"),
+    (
+        r"^(ssn|social_security|social_security_number|sin|nhs_number|national_id)$",
+        "a national identity number",
+    ),
+    (
+        r"^(mrn|medical_record|medical_record_number|medical_record_no|hospital_number)$",
+        "a medical record number",
+    ),
+)
+
+DATE_RE = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}(:?\d{2})?)?$"
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A file to load; ``name`` is what reports call it (an uploaded file's own name)."""
+
+    path: Path
+    name: str
+
+    @classmethod
+    def of(cls, item: str | os.PathLike[str] | SourceFile) -> SourceFile:
+        if isinstance(item, SourceFile):
+            return item
+        p = Path(item)
+        return cls(p, p.name)
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    row: int | None
+    column: str | None
+    value: str | None
+    reason: str
+    severity: Literal["error", "warning", "info"] = "error"
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.row is not None:
+            where += f", row {self.row}"
+        if self.column:
+            where += f", column {self.column}"
+        value = "" if self.value is None else f" value {self.value!r}:"
+        return f"{where}:{value} {self.reason}"
+
+
+@dataclass
+class FileResult:
+    file: str
+    kind: Kind | None
+    sha256: str
+    rows_read: int = 0
+    rows_loaded: int = 0
+    rows_already_present: int = 0
+    rows_rejected: int = 0
+    new_patients: int = 0
+    batch_id: int | None = None
+    identical_to_batch: int | None = None
+    rejects_path: Path | None = None
+
+    def summary(self) -> str:
+        if self.identical_to_batch is not None:
+            return (
+                f"{self.file}: identical to batch {self.identical_to_batch}, already loaded; "
+                f"nothing to do ({self.rows_read} rows)"
+            )
+        text = (
+            f"{self.file}: {self.kind}, {self.rows_read} rows read, {self.rows_loaded} loaded, "
+            f"{self.rows_already_present} already present, {self.rows_rejected} rejected"
+        )
+        if self.new_patients:
+            text += f", {self.new_patients} new patients with unknown attributes"
+        if self.batch_id is not None:
+            text += f" (batch {self.batch_id})"
+        if self.rejects_path is not None:
+            text += f"; rejected rows written to {self.rejects_path}"
+        return text
+
+
+@dataclass
+class LoadResult:
+    files: list[FileResult] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    committed: bool = False
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    def report(self) -> str:
+        errors = self.errors
+        rows = {(p.file, p.row) for p in errors}
+        head = f"{len(errors)} problem(s) in {len(rows)} row(s)" if errors else "no errors"
+        lines = [head] + [f"{p.severity}: {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+class ImportRejected(Exception):
+    """The batch was rejected: nothing was loaded. ``result.problems`` says why."""
+
+    def __init__(self, result: LoadResult) -> None:
+        self.result = result
+        errors = result.errors
+        super().__init__(
+            f"import rejected, the database is unchanged: {len(errors)} error(s); first: {errors[0]}"
+            if errors
+            else "import rejected"
+        )
+
+
+# --------------------------------------------------------------------------------------------- reading
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def normalize_header(name: str) -> str:
+    text = re.sub(r"[\s\-]+", "_", str(name).strip().lower())
+    m = ITEM_COLUMN_RE.match(text)
+    return f"item_{int(m.group(1))}" if m else text
+
+
+class FileError(Exception):
+    """The file as a whole cannot be read or used."""
+
+
+def _read_raw(con: duckdb.DuckDBPyConnection, src: SourceFile, table: str) -> int:
+    """Load the file into temp table ``table`` with every cell as text; return the row offset."""
+    suffix = src.path.suffix.lower()
+    if not src.path.exists():
+        raise FileError("file not found")
+    if src.path.stat().st_size == 0:
+        raise FileError("the file is empty")
+    try:
+        if suffix in (".csv", ".txt", ".tsv"):
+            con.execute(
+                "CREATE TEMP TABLE "
+                + table
+                + " AS SELECT * FROM read_csv(?, all_varchar = true, header = true, "
+                "delim = ?, quote = '\"', escape = '\"', encoding = 'utf-8', null_padding = false)",
+                [str(src.path), "\t" if suffix == ".tsv" else ","],
+            )
+            return 2
+        if suffix in (".parquet", ".pq"):
+            con.execute("CREATE TEMP TABLE " + table + " AS SELECT * FROM read_parquet(?)", [str(src.path)])
+            return 1
+        if suffix == ".xlsx":
+            import pandas as pd
+
+            frame = pd.read_excel(src.path, dtype=str, engine="openpyxl")
+            frame = frame.astype(object).where(frame.notna(), None)
+            con.register("xlsx_frame", frame)
+            try:
+                con.execute("CREATE TEMP TABLE " + table + " AS SELECT * FROM xlsx_frame")
+            finally:
+                con.unregister("xlsx_frame")
+            return 2
+    except (duckdb.Error, ValueError, OSError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FileError(f"cannot be read as {suffix.lstrip('.') or 'a data file'}: {message}") from exc
+    except Exception as exc:  # openpyxl raises its own zoo of errors on a damaged workbook
+        raise FileError(f"cannot be read as {suffix.lstrip('.')}: {exc}") from exc
+    raise FileError(f"unsupported file type {suffix or '(none)'}: use .csv, .parquet or .xlsx")
+
+
+def _classify(columns: Sequence[str]) -> Kind | None:
+    cols = set(columns)
+    if "instrument" in cols or any(ITEM_COLUMN_RE.match(c) for c in cols) or "assessed_on" in cols:
+        return "scores"
+    if "session_date" in cols:
+        return "sessions"
+    if "patient_id" in cols:
+        return "patients"
+    return None
+
+
+# ------------------------------------------------------------------------------------------ validation
+
+
+@dataclass(frozen=True)
+class Check:
+    """A row-level rule: rows where ``bad`` (SQL over table ``parsed``) holds are reported."""
+
+    column: str
+    bad: str
+    reason: str  # an SQL expression giving the reason text
+    value: str | None = None  # an SQL expression for the value shown; default: the raw column
+
+
+def _lit(text: str) -> str:
+    """A constant of ours as an SQL string literal (never user input)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _whole(col: str) -> str:
+    """SQL: the text column parsed as a whole number, NULL if it is not one."""
+    return f"(CASE WHEN try_cast({col} AS DOUBLE) = round(try_cast({col} AS DOUBLE)) THEN try_cast({col} AS DOUBLE) END)"
+
+
+def _in_list(values: Iterable[str]) -> str:
+    return "(" + ", ".join(_lit(v) for v in values) + ")"
+
+
+def _alias_case(col: str, aliases: dict[str, str]) -> str:
+    whens = " ".join(f"WHEN {_lit(k)} THEN {_lit(v)}" for k, v in aliases.items())
+    return f"(CASE lower({col}) {whens} END)"
+
+
+def _common_checks() -> list[Check]:
+    return [
+        Check("patient_id", "patient_id IS NULL", _lit("patient_id is required")),
+        Check(
+            "patient_id",
+            "patient_id IS NOT NULL AND NOT regexp_full_match(patient_id, " + _lit(PATIENT_ID_RE) + ")",
+            _lit("patient_id must be 1-64 characters of letters, digits, '-' or '_'"),
+        ),
+    ]
+
+
+def _date_checks(column: str) -> list[Check]:
+    return [
+        Check(column, f"{column} IS NULL", _lit(f"{column} is required")),
+        Check(
+            column,
+            f"{column} IS NOT NULL AND {column}__d IS NULL",
+            _lit("not a date: expected YYYY-MM-DD or an ISO date-time such as 2026-06-01T09:30:00+01:00"),
+        ),
+        Check(
+            column,
+            f"{column}__d > $today",
+            "'date is in the future (today is ' || CAST($today AS VARCHAR) || ')'",
+        ),
+    ]
+
+
+def _range_check(column: str, low: float, high: float, what: str, whole: bool = True) -> list[Check]:
+    parsed = _whole(column) if whole else f"try_cast({column} AS DOUBLE)"
+    kind = "a whole number" if whole else "a number"
+    return [
+        Check(column, f"{column} IS NOT NULL AND {parsed} IS NULL", _lit(f"not {kind}")),
+        Check(
+            column,
+            f"{parsed} < {low} OR {parsed} > {high}",
+            _lit(f"{what} must be between {low:g} and {high:g}"),
+        ),
+    ]
+
+
+def _parse_date_sql(column: str) -> str:
+    """SQL giving the local timestamp of a date or date-time text (its offset ignored), NULL if bad."""
+    return (
+        f"CASE WHEN regexp_full_match({column}, {_lit(DATE_RE)}) THEN "
+        f"try_cast(left({column}, 10) AS DATE) + coalesce(try_cast(nullif("
+        f"regexp_extract({column}, '^.{{10}}[T ]([0-9:.]+)', 1), '') AS TIME), TIME '00:00:00') END"
+    )
+
+
+def _route_check(column: str = "route") -> Check:
+    return Check(
+        column,
+        f"{column} IS NOT NULL AND {column}__v IS NULL",
+        _lit("unknown route; expected one of " + ", ".join(ROUTES)),
+    )
+
+
+# ------------------------------------------------------------------------------------------- the load
+
+
+@dataclass
+class _Staged:
+    src: SourceFile
+    result: FileResult
+    table: str  # parsed rows
+    raw: str
+    row_offset: int
+    columns: dict[str, int]  # normalized name -> position (1-based) in raw
+    item_numbers: list[int]
+    bad_rows: set[int] = field(default_factory=set)
+    clean_ready: bool = False  # the typed ``<table>_clean`` exists (and must be marked too)
+
+
+class Loader:
+    """One load call: stage every file, validate, then commit or roll back."""
+
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        *,
+        on_error: OnError = "reject",
+        today: dt.date | None = None,
+    ) -> None:
+        self.con = con
+        self.on_error = on_error
+        self.today = today or dt.date.today()
+        self.result = LoadResult()
+
+    # -- helpers
+    def _problem(
+        self,
+        src: SourceFile,
+        reason: str,
+        *,
+        row: int | None,
+        column: str | None,
+        value: str | None,
+        severity: Literal["error", "warning", "info"] = "error",
+    ) -> None:
+        self.result.problems.append(Problem(src.name, row, column, value, reason, severity))
+
+    def _stage(self, index: int, src: SourceFile) -> _Staged | None:
+        result = FileResult(src.name, None, sha256_of(src.path) if src.path.exists() else "")
+        self.result.files.append(result)
+        raw = f"raw_{index}"
+        try:
+            offset = _read_raw(self.con, src, raw)
+        except FileError as exc:
+            self._problem(src, str(exc), row=None, column=None, value=None)
+            return None
+        described = self.con.execute("DESCRIBE " + raw).fetchall()
+        positions: dict[str, int] = {}
+        for pos, row in enumerate(described, start=1):
+            original = str(row[0])
+            name = normalize_header(original)
+            for pattern, what in IDENTIFIER_PATTERNS:
+                if re.match(pattern, name):
+                    self._problem(
+                        src,
+                        f"column looks like {what}, a direct identifier: the data must arrive anonymized "
+                        "(remove the column and load again)",
+                        row=1 if offset == 2 else None,
+                        column=original,
+                        value=None,
+                    )
+            if name in positions:
+                self._problem(src, "the same column appears twice", row=None, column=original, value=None)
+            positions[name] = pos
+        kind = _classify(positions)
+        result.kind = kind
+        count = self.con.execute("SELECT count(*), coalesce(min(rowid), 0) FROM " + raw).fetchone()
+        result.rows_read = int(count[0]) if count else 0
+        # Temp-table row ids start at an arbitrary base: shift them so the first data row gets its
+        # spreadsheet number (2 under a header row; 1 in Parquet).
+        offset -= int(count[1]) if count else 0
+        if kind is None:
+            self._problem(
+                src,
+                "cannot tell what kind of file this is: a patients file has patient_id, a sessions file "
+                "session_date, a scores file instrument and assessed_on",
+                row=None,
+                column=None,
+                value=None,
+            )
+            return None
+        missing = [c for c in REQUIRED[kind] if c not in positions]
+        items = sorted(int(m.group(1)) for c in positions if (m := ITEM_COLUMN_RE.match(c)))
+        if kind == "scores" and "total" not in positions and not items:
+            missing.append("total (or item_1 … item_N)")
+        for column in missing:
+            self._problem(
+                src,
+                f"missing required column for a {kind} file",
+                row=None,
+                column=column,
+                value=None,
+            )
+        known = set(COLUMNS[kind]) | {f"item_{n}" for n in items if kind == "scores"}
+        for name in positions:
+            if name not in known and not name.startswith("_"):
+                self._problem(
+                    src,
+                    f"column is not part of the {kind} file contract and was ignored",
+                    row=None,
+                    column=described[positions[name] - 1][0],
+                    value=None,
+                    severity="warning",
+                )
+        if any(p.file == src.name and p.severity == "error" for p in self.result.problems):
+            return None
+        return _Staged(
+            src, result, f"parsed_{index}", raw, offset, positions, items if kind == "scores" else []
+        )
+
+    def _select_text(self, st: _Staged, columns: Iterable[str]) -> str:
+        """SELECT list projecting the raw table's columns (by position) as trimmed text or NULL."""
+        parts = [f"CAST(rowid + {st.row_offset} AS BIGINT) AS row_no"]
+        for name in columns:
+            pos = st.columns.get(name)
+            if pos is None:
+                parts.append(f"CAST(NULL AS VARCHAR) AS {name}")
+            else:
+                parts.append(f"nullif(trim(CAST(#{pos} AS VARCHAR)), '') AS {name}")
+        return ", ".join(parts)
+
+    def _run_checks(self, st: _Staged, checks: list[Check]) -> None:
+        if not checks:
+            return
+        selects = [
+            f"SELECT row_no, {_lit(c.column)} AS col, CAST({c.value or c.column} AS VARCHAR) AS value, "
+            f"{c.reason} AS reason FROM {st.table} WHERE coalesce({c.bad}, false)"
+            for c in checks
+        ]
+        sql = " UNION ALL ".join(selects) + " ORDER BY row_no, col"
+        params = {"today": self.today} if "$today" in sql else None
+        rows = self.con.execute(sql, params).fetchall()
+        for row_no, col, value, reason in rows:
+            self._problem(st.src, reason, row=int(row_no), column=col, value=value)
+            st.bad_rows.add(int(row_no))
+
+    def _add_bad_rows(self, st: _Staged, rows: list[tuple[int, str, str | None, str]]) -> None:
+        for row_no, col, value, reason in rows:
+            self._problem(st.src, reason, row=int(row_no), column=col, value=value)
+            st.bad_rows.add(int(row_no))
+
+    def _mark_bad(self, st: _Staged) -> None:
+        self.con.execute("CREATE OR REPLACE TEMP TABLE bad_rows (row_no BIGINT)")
+        if st.bad_rows:
+            self.con.executemany("INSERT INTO bad_rows VALUES (?)", [[r] for r in sorted(st.bad_rows)])
+        tables = [st.table, st.table + "_clean"] if st.clean_ready else [st.table]
+        for table in tables:
+            self.con.execute(
+                "UPDATE " + table + " SET ok = false WHERE row_no IN (SELECT row_no FROM bad_rows)"
+            )
+
+    # -- per kind
+    def _parse_patients(self, st: _Staged) -> None:
+        cols = COLUMNS["patients"]
+        self.con.execute(
+            f"""CREATE TEMP TABLE {st.table} AS
+            SELECT *, true AS ok,
+                   replace(replace(replace(age_band, ' ', ''), '–', '-'), '—', '-') AS age_band__v,
+                   {_alias_case("sex", SEX_ALIASES)} AS sex__v,
+                   CASE WHEN upper(primary_condition) IN ('PTSD', 'MDD', 'GAD') THEN upper(primary_condition)
+                        WHEN lower(primary_condition) = 'other' THEN 'other' END AS condition__v,
+                   {_alias_case("route", ROUTE_ALIASES)} AS route__v
+            FROM (SELECT {self._select_text(st, cols)} FROM {st.raw})"""
+        )
+        checks = _common_checks() + [
+            Check(
+                "age_band",
+                f"age_band IS NOT NULL AND age_band__v NOT IN {_in_list(AGE_BANDS)}",
+                _lit("unknown age band; expected one of " + ", ".join(AGE_BANDS)),
+            ),
+            Check(
+                "sex",
+                "sex IS NOT NULL AND sex__v IS NULL",
+                _lit("unknown sex; expected one of " + ", ".join(SEXES)),
+            ),
+            Check(
+                "primary_condition",
+                "primary_condition IS NOT NULL AND condition__v IS NULL",
+                _lit("unknown condition; expected one of " + ", ".join(CONDITIONS)),
+            ),
+            _route_check(),
+        ]
+        self._run_checks(st, checks)
+        self._mark_bad(st)
+        self.con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE {st.table}_clean AS
+            SELECT row_no, ok, patient_id, clinic, provider, age_band__v AS age_band, sex__v AS sex,
+                   condition__v AS primary_condition, route__v AS route
+            FROM {st.table}"""
+        )
+        st.clean_ready = True
+        value_cols = ["clinic", "provider", "age_band", "sex", "primary_condition", "route"]
+        self._key_conflicts(st, ["patient_id"], value_cols, "patient_id", "patient", None)
+        # Against the database: a patient with known attributes that differ is a conflict; a patient
+        # created earlier with unknown attributes (from a scores/sessions file) gets them filled in.
+        diffs = ", ".join(
+            f"CASE WHEN c.{v} IS DISTINCT FROM p.{v} THEN '{v} ' || coalesce(p.{v}, '(empty)') END"
+            for v in value_cols
+        )
+        differs = " OR ".join(f"c.{v} IS DISTINCT FROM p.{v}" for v in value_cols)
+        rows = self.con.execute(
+            f"""SELECT c.row_no, 'patient_id', c.patient_id,
+                   'patient already in the database (batch ' || p.batch_id || ') with other attributes ('
+                   || concat_ws(', ', {diffs}) || '); undo that batch first to replace it'
+            FROM {st.table}_clean c JOIN patients p USING (patient_id)
+            WHERE c.ok AND p.attributes_known AND ({differs})"""
+        ).fetchall()
+        self._add_bad_rows(st, rows)
+        self._mark_bad(st)
+
+    def _parse_sessions(self, st: _Staged) -> None:
+        cols = COLUMNS["sessions"]
+        self.con.execute(
+            f"""CREATE TEMP TABLE {st.table} AS
+            SELECT *, true AS ok,
+                   CAST({_parse_date_sql("session_date")} AS DATE) AS session_date__d,
+                   {_alias_case("route", ROUTE_ALIASES)} AS route__v,
+                   list_filter(string_split(lower(coalesce(side_effects, '')), ';'), lambda x: trim(x) <> '')
+                       AS side_effects__l
+            FROM (SELECT {self._select_text(st, cols)} FROM {st.raw})"""
+        )
+        checks = _common_checks() + _date_checks("session_date") + [_route_check()]
+        checks += _range_check("dose_mg", 0, 2000, "dose_mg", whole=False)
+        checks += _range_check("dose_mg_per_kg", 0, 10, "dose_mg_per_kg", whole=False)
+        for col in ("bp_sys_pre", "bp_sys_post"):
+            checks += _range_check(col, 50, 300, "systolic blood pressure (mmHg)")
+        for col in ("bp_dia_pre", "bp_dia_post"):
+            checks += _range_check(col, 20, 200, "diastolic blood pressure (mmHg)")
+        checks += _range_check("dissociation", 0, 24, "dissociation (CADSS-6 total)")
+        checks.append(
+            Check(
+                "side_effects",
+                f"len(list_filter(side_effects__l, lambda x: trim(x) NOT IN {_in_list(SIDE_EFFECTS)})) > 0",
+                _lit("unknown side effect; use ';' between any of " + ", ".join(SIDE_EFFECTS)),
+            )
+        )
+        self._run_checks(st, checks)
+        self._mark_bad(st)
+        self.con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE {st.table}_clean AS
+            SELECT row_no, ok, patient_id, session_date__d AS session_date, route__v AS route,
+                   try_cast(dose_mg AS DOUBLE) AS dose_mg, try_cast(dose_mg_per_kg AS DOUBLE) AS dose_mg_per_kg,
+                   CAST({_whole("bp_sys_pre")} AS SMALLINT) AS bp_sys_pre,
+                   CAST({_whole("bp_dia_pre")} AS SMALLINT) AS bp_dia_pre,
+                   CAST({_whole("bp_sys_post")} AS SMALLINT) AS bp_sys_post,
+                   CAST({_whole("bp_dia_post")} AS SMALLINT) AS bp_dia_post,
+                   CAST({_whole("dissociation")} AS SMALLINT) AS dissociation,
+                   nullif(array_to_string(list_transform(side_effects__l, lambda x: trim(x)), ';'), '') AS side_effects
+            FROM {st.table}"""
+        )
+        st.clean_ready = True
+        value_cols = [
+            "route",
+            "dose_mg",
+            "dose_mg_per_kg",
+            "bp_sys_pre",
+            "bp_dia_pre",
+            "bp_sys_post",
+            "bp_dia_post",
+            "dissociation",
+            "side_effects",
+        ]
+        keys = ["patient_id", "session_date"]
+        self._key_conflicts(
+            st, keys, value_cols, "session_date", "session for the same patient and date", None
+        )
+        self._key_conflicts(
+            st, keys, value_cols, "session_date", "session for the same patient and date", "sessions"
+        )
+
+    def _parse_scores(self, st: _Staged) -> None:
+        items = st.item_numbers
+        cols = list(COLUMNS["scores"]) + [f"item_{n}" for n in items]
+        self.con.execute(
+            "CREATE OR REPLACE TEMP TABLE inst_keys (key VARCHAR, code VARCHAR, n INTEGER, lo INTEGER, hi INTEGER)"
+        )
+        self.con.executemany(
+            "INSERT INTO inst_keys VALUES (?, ?, ?, ?, ?)",
+            [[i.key, i.code, i.n_items, i.item_min, i.item_max] for i in reg.INSTRUMENTS],
+        )
+        item_parsed = ", ".join(f"{_whole(f'item_{n}')} AS item_{n}__n" for n in items)
+        self.con.execute(
+            f"""CREATE TEMP TABLE {st.table} AS
+            SELECT s.*, true AS ok, k.code AS instrument__v, k.n AS n_items, k.lo AS item_lo, k.hi AS item_hi,
+                   k.n * k.lo AS total_lo, k.n * k.hi AS total_hi,
+                   {_parse_date_sql("assessed_on")} AS assessed_on__ts,
+                   CAST({_parse_date_sql("assessed_on")} AS DATE) AS assessed_on__d,
+                   {_whole("total")} AS total__n,
+                   {_alias_case("phase", PHASE_ALIASES)} AS phase__v
+                   {"," if items else ""} {item_parsed}
+            FROM (SELECT {self._select_text(st, cols)} FROM {st.raw}) s
+            LEFT JOIN inst_keys k ON k.key = upper(regexp_replace(s.instrument, '[^A-Za-z0-9]', '', 'g'))"""
+        )
+        known = ", ".join(i.code for i in reg.INSTRUMENTS)
+        checks = _common_checks() + [
+            Check("instrument", "instrument IS NULL", _lit("instrument is required")),
+            Check(
+                "instrument",
+                "instrument IS NOT NULL AND instrument__v IS NULL",
+                _lit(f"unknown instrument; expected one of {known}"),
+            ),
+        ]
+        checks += _date_checks("assessed_on")
+        checks += [
+            Check("total", "total IS NOT NULL AND total__n IS NULL", _lit("not a whole number")),
+            Check(
+                "total",
+                "total__n < total_lo OR total__n > total_hi",
+                "'total out of range: ' || instrument__v || ' totals are ' || total_lo || '-' || total_hi",
+            ),
+            Check(
+                "phase",
+                "phase IS NOT NULL AND phase__v IS NULL",
+                _lit("unknown phase; expected preparation, dosing, integration or follow-up"),
+            ),
+        ]
+        for n in items:
+            col = f"item_{n}"
+            checks += [
+                Check(col, f"{col} IS NOT NULL AND {col}__n IS NULL", _lit("not a whole number")),
+                Check(
+                    col,
+                    f"{col}__n IS NOT NULL AND {n} > n_items",
+                    f"instrument__v || ' has ' || n_items || ' items: {col} must be empty'",
+                ),
+                Check(
+                    col,
+                    f"{n} <= n_items AND ({col}__n < item_lo OR {col}__n > item_hi)",
+                    f"'item out of range: ' || instrument__v || ' items are ' || item_lo || '-' || item_hi",
+                ),
+            ]
+        if items:
+            given = " + ".join(
+                f"CAST({f'item_{n}'} IS NOT NULL AND {n} <= n_items AS INTEGER)" for n in items
+            )
+            item_sum = " + ".join(
+                f"(CASE WHEN {n} <= n_items THEN coalesce(item_{n}__n, 0) ELSE 0 END)" for n in items
+            )
+            self.con.execute(f"ALTER TABLE {st.table} ADD COLUMN items_given INTEGER")
+            self.con.execute(f"ALTER TABLE {st.table} ADD COLUMN item_sum DOUBLE")
+            self.con.execute(f"UPDATE {st.table} SET items_given = {given}, item_sum = {item_sum}")
+            present = set(items)
+            first_missing = " ".join(
+                f"WHEN {n} <= n_items AND {('item_' + str(n)) if n in present else 'NULL'} IS NULL THEN 'item_{n}'"
+                for n in range(1, reg.MAX_ITEMS + 1)
+            )
+            checks += [
+                Check(
+                    "items",
+                    "items_given > 0 AND items_given < n_items",
+                    "'incomplete item answers: ' || items_given || ' of ' || n_items || ' ' || instrument__v "
+                    "|| ' items given; give all of them or none (first missing: ' || "
+                    f"(CASE {first_missing} END) || ')'",
+                    value="items_given",
+                ),
+                Check(
+                    "total",
+                    "items_given = n_items AND total__n IS NOT NULL AND total__n <> item_sum",
+                    "'total ' || CAST(total__n AS INTEGER) || ' is not the sum of the items (' || "
+                    "CAST(item_sum AS INTEGER) || ')'",
+                ),
+                Check(
+                    "total",
+                    "total IS NULL AND coalesce(items_given, 0) = 0 AND instrument__v IS NOT NULL",
+                    _lit("a score needs a total or its item answers"),
+                ),
+            ]
+        else:
+            checks.append(Check("total", "total IS NULL", _lit("a score needs a total or its item answers")))
+        self._run_checks(st, checks)
+        self._mark_bad(st)
+        if items:
+            item_list = "[" + ", ".join(f"CAST(item_{n}__n AS SMALLINT)" for n in items) + "]"
+            total_expr = "coalesce(total__n, item_sum)"
+            items_expr = f"CASE WHEN items_given = n_items THEN list_slice({item_list}, 1, n_items) END"
+        else:
+            total_expr = "total__n"
+            items_expr = "CAST(NULL AS SMALLINT[])"
+        self.con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE {st.table}_clean AS
+            SELECT row_no, ok, patient_id, instrument__v AS instrument, assessed_on__d AS assessed_on,
+                   assessed_on__ts AS assessed_at, CAST({total_expr} AS SMALLINT) AS total,
+                   {items_expr} AS items, phase__v AS phase
+            FROM {st.table}"""
+        )
+        st.clean_ready = True
+        keys = ["patient_id", "instrument", "assessed_at"]
+        what = "score for the same patient, instrument and time"
+        self._key_conflicts(st, keys, ["total", "items", "phase"], "assessed_on", what, None)
+        self._key_conflicts(st, keys, ["total", "items", "phase"], "assessed_on", what, "scores")
+
+    def _key_conflicts(
+        self, st: _Staged, keys: list[str], values: list[str], column: str, what: str, table: str | None
+    ) -> None:
+        """Rows sharing a key with different values: with each other in the file (``table`` None),
+        or with a row already in ``table``. Identical rows are not conflicts (a re-import is a no-op)."""
+        key = ", ".join(keys)
+        if table is None:
+            vals = ", ".join(values)
+            sql = f"""WITH g AS (
+                SELECT {key}, list(row_no ORDER BY row_no) AS rows FROM {st.table}_clean
+                WHERE ok GROUP BY {key} HAVING count(DISTINCT ({vals})) > 1)
+            SELECT c.row_no, p.{column},
+                   {_lit("duplicate " + what + " with different values; see row(s) ")}
+                   || array_to_string(list_filter(g.rows, lambda r: r <> c.row_no), ', ')
+            FROM {st.table}_clean c JOIN g USING ({key}) JOIN {st.table} p ON p.row_no = c.row_no
+            WHERE c.ok"""
+        else:
+            differs = " OR ".join(f"c.{v} IS DISTINCT FROM t.{v}" for v in values)
+            sql = f"""SELECT c.row_no, p.{column},
+                   {_lit("a " + what + " is already in the database (batch ")} || t.batch_id
+                   || ') with different values; undo that batch first to replace it'
+            FROM {st.table}_clean c JOIN {table} t USING ({key}) JOIN {st.table} p ON p.row_no = c.row_no
+            WHERE c.ok AND ({differs})"""
+        rows = self.con.execute(sql).fetchall()
+        self._add_bad_rows(st, [(r[0], column, r[1], r[2]) for r in rows])
+        self._mark_bad(st)
+
+    # -- commit
+    def _next_batch_id(self) -> int:
+        row = self.con.execute("SELECT coalesce(max(batch_id), 0) + 1 FROM batches").fetchone()
+        return int(row[0]) if row else 1
+
+    def _insert(self, st: _Staged) -> None:
+        res = st.result
+        kind = res.kind
+        assert kind is not None
+        batch_id = self._next_batch_id()
+        clean = f"{st.table}_clean"
+        # One row per key (identical duplicates within the file collapse), minus what is already there.
+        if kind == "patients":
+            keys = ["patient_id"]
+        elif kind == "sessions":
+            keys = ["patient_id", "session_date"]
+        else:
+            keys = ["patient_id", "instrument", "assessed_at"]
+        key = ", ".join(keys)
+        self.con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE new_rows AS
+            SELECT * EXCLUDE (row_no, ok) FROM (
+                SELECT *, row_number() OVER (PARTITION BY {key} ORDER BY row_no) AS dup_rank
+                FROM {clean} WHERE ok) WHERE dup_rank = 1"""
+        )
+        self.con.execute("ALTER TABLE new_rows DROP COLUMN dup_rank")
+        ok_row = self.con.execute(f"SELECT count(*) FROM {clean} WHERE ok").fetchone()
+        ok_rows = int(ok_row[0]) if ok_row else 0
+        if kind == "patients":
+            fill = self.con.execute(
+                """SELECT count(*) FROM new_rows n JOIN patients p USING (patient_id) WHERE NOT p.attributes_known"""
+            ).fetchone()
+            filled = int(fill[0]) if fill else 0
+            self.con.execute(
+                """UPDATE patients AS p SET clinic = n.clinic, provider = n.provider, age_band = n.age_band,
+                       sex = n.sex, primary_condition = n.primary_condition, route = n.route,
+                       attributes_known = true, attributes_batch_id = ?
+                   FROM new_rows n WHERE p.patient_id = n.patient_id AND NOT p.attributes_known""",
+                [batch_id],
+            )
+            inserted = self.con.execute(
+                """INSERT INTO patients
+                   SELECT patient_id, clinic, provider, age_band, sex, primary_condition, route, true, ?, ?
+                   FROM new_rows WHERE patient_id NOT IN (SELECT patient_id FROM patients)""",
+                [batch_id, batch_id],
+            ).fetchone()
+            loaded = (int(inserted[0]) if inserted else 0) + filled
+        else:
+            self.con.execute(f"DELETE FROM new_rows WHERE ({key}) IN (SELECT ({key}) FROM {kind})")
+            new_patients = self.con.execute(
+                """SELECT DISTINCT patient_id FROM new_rows
+                   WHERE patient_id NOT IN (SELECT patient_id FROM patients) ORDER BY patient_id"""
+            ).fetchall()
+            if new_patients:
+                res.new_patients = len(new_patients)
+                shown = ", ".join(r[0] for r in new_patients[:20])
+                more = f" and {len(new_patients) - 20} more" if len(new_patients) > 20 else ""
+                self._problem(
+                    st.src,
+                    f"{len(new_patients)} patient(s) are in no patients file; created with unknown attributes: "
+                    f"{shown}{more}",
+                    row=None,
+                    column="patient_id",
+                    value=None,
+                    severity="info",
+                )
+                self.con.execute(
+                    """INSERT INTO patients (patient_id, attributes_known, batch_id)
+                       SELECT DISTINCT patient_id, false, ? FROM new_rows
+                       WHERE patient_id NOT IN (SELECT patient_id FROM patients)""",
+                    [batch_id],
+                )
+            if kind == "sessions":
+                sql = """INSERT INTO sessions SELECT patient_id, session_date, route, dose_mg, dose_mg_per_kg,
+                       bp_sys_pre, bp_dia_pre, bp_sys_post, bp_dia_post, dissociation, side_effects, ? FROM new_rows"""
+            else:
+                sql = """INSERT INTO scores SELECT patient_id, instrument, assessed_on, assessed_at, total, items,
+                       phase, ? FROM new_rows"""
+            inserted = self.con.execute(sql, [batch_id]).fetchone()
+            loaded = int(inserted[0]) if inserted else 0
+        res.rows_loaded = loaded
+        res.rows_rejected = len(st.bad_rows)
+        res.rows_already_present = ok_rows - loaded
+        if kind == "patients":
+            res.rows_already_present = ok_rows - loaded
+        self.con.execute(
+            "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, current_localtimestamp(), NULL)",
+            [
+                batch_id,
+                st.src.name,
+                res.sha256,
+                kind,
+                res.rows_read,
+                res.rows_loaded,
+                res.rows_already_present,
+                res.rows_rejected,
+                res.new_patients,
+                self.on_error,
+            ],
+        )
+        res.batch_id = batch_id
+
+    def _write_rejects(self, st: _Staged, target: Path) -> None:
+        self.con.execute("CREATE OR REPLACE TEMP TABLE reject_reasons (row_no BIGINT, reason VARCHAR)")
+        self.con.executemany(
+            "INSERT INTO reject_reasons VALUES (?, ?)",
+            [
+                [p.row, f"{p.column}: {p.reason}" if p.column else p.reason]
+                for p in self.result.problems
+                if p.file == st.src.name and p.severity == "error" and p.row is not None
+            ],
+        )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        frame = self.con.execute(
+            f"""SELECT r.* EXCLUDE (_rn), e.row_no AS _row, e.reasons AS _errors
+                FROM (SELECT *, CAST(rowid + {st.row_offset} AS BIGINT) AS _rn FROM {st.raw}) r
+                JOIN (SELECT row_no, string_agg(reason, '; ' ORDER BY reason) AS reasons
+                      FROM reject_reasons GROUP BY row_no) e ON e.row_no = r._rn
+                ORDER BY e.row_no"""
+        ).df()
+        frame.to_csv(target, index=False)
+        st.result.rejects_path = target
+
+
+def _rejects_target(rejects: Path | None, src: SourceFile, n_with_rejects: int) -> Path:
+    if rejects is None:
+        return src.path.with_name(src.path.stem + ".rejects.csv")
+    if n_with_rejects <= 1:
+        return rejects
+    return rejects.with_name(f"{rejects.stem}-{Path(src.name).stem}{rejects.suffix or '.csv'}")
+
+
+def load_files(
+    files: Sequence[str | os.PathLike[str] | SourceFile],
+    db_path: str | os.PathLike[str] | None = None,
+    *,
+    on_error: OnError = "reject",
+    rejects: str | os.PathLike[str] | None = None,
+    dry_run: bool = False,
+    today: dt.date | None = None,
+) -> LoadResult:
+    """Validate and load files in one transaction.
+
+    ``on_error="reject"`` (default): any error rejects everything, raising :class:`ImportRejected`; the
+    database is unchanged. ``"quarantine"``: good rows load, rejected rows (with reasons) go to a rejects
+    CSV. File-level errors (unreadable file, missing column, identifier column) always reject.
+    ``dry_run`` validates and reports without changing anything.
+    """
+    with db.session(db_path) as con:
+        return load_with_connection(
+            con, files, on_error=on_error, rejects=rejects, dry_run=dry_run, today=today
+        )
+
+
+def load_with_connection(
+    con: duckdb.DuckDBPyConnection,
+    files: Sequence[str | os.PathLike[str] | SourceFile],
+    *,
+    on_error: OnError = "reject",
+    rejects: str | os.PathLike[str] | None = None,
+    dry_run: bool = False,
+    today: dt.date | None = None,
+) -> LoadResult:
+    if on_error not in ("reject", "quarantine"):
+        raise ValueError(f"on_error must be 'reject' or 'quarantine', not {on_error!r}")
+    sources = [SourceFile.of(f) for f in files]
+    loader = Loader(con, on_error=on_error, today=today)
+    result = loader.result
+    con.execute("BEGIN TRANSACTION")
+    try:
+        staged: list[_Staged] = []
+        for index, src in enumerate(sources):
+            st = loader._stage(index, src)
+            if st is not None:
+                staged.append(st)
+        file_errors = any(p.severity == "error" for p in result.problems)
+        # Identical re-import of a whole file is a no-op.
+        for st in list(staged):
+            row = con.execute(
+                "SELECT batch_id FROM batches WHERE sha256 = ? AND undone_at IS NULL ORDER BY batch_id LIMIT 1",
+                [st.result.sha256],
+            ).fetchone()
+            if row:
+                st.result.identical_to_batch = int(row[0])
+                st.result.rows_already_present = st.result.rows_read
+                staged.remove(st)
+        staged.sort(key=lambda s: KIND_ORDER.index(s.result.kind or "scores"))
+        for st in staged:
+            getattr(loader, f"_parse_{st.result.kind}")(st)
+            if not file_errors:
+                # Insert as we go so later files (scores) see this call's patients and sessions.
+                if on_error == "reject" and result.errors:
+                    continue
+                loader._insert(st)
+        order = {src.name: i for i, src in enumerate(sources)}
+        result.problems.sort(key=lambda p: (order.get(p.file, 0), p.row or 0))
+        errors = result.errors
+        if file_errors or (errors and on_error == "reject") or dry_run:
+            con.execute("ROLLBACK")
+            for st in staged:
+                st.result.rows_rejected = len(st.bad_rows)
+            if (file_errors or (errors and on_error == "reject")) and not dry_run:
+                raise ImportRejected(result)
+            return result
+        with_rejects = [st for st in staged if st.bad_rows]
+        if with_rejects:
+            target_base = Path(rejects) if rejects else None
+            for st in with_rejects:
+                loader._write_rejects(st, _rejects_target(target_base, st.src, len(with_rejects)))
+        if any(st.result.batch_id is not None for st in staged):
+            db.bump_data_version(con)
+        con.execute("COMMIT")
+        result.committed = True
+        return result
+    except ImportRejected:
+        raise
+    except Exception:
+        try:
+            con.execute("ROLLBACK")
+        except duckdb.Error:
+            pass
+        raise
+
+
+# ------------------------------------------------------------------------------------------- batches
+
+
+def list_batches(con: duckdb.DuckDBPyConnection) -> list[dict[str, object]]:
+    cur = con.execute("SELECT * FROM batches ORDER BY batch_id")
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+class UndoError(Exception):
+    pass
+
+
+def undo_batch(batch_id: int, db_path: str | os.PathLike[str] | None = None) -> dict[str, int]:
+    """Remove one batch's rows in one transaction; returns counts of what was removed."""
+    with db.session(db_path) as con:
+        return undo_with_connection(con, batch_id)
+
+
+def undo_with_connection(con: duckdb.DuckDBPyConnection, batch_id: int) -> dict[str, int]:
+    row = con.execute("SELECT kind, undone_at FROM batches WHERE batch_id = ?", [batch_id]).fetchone()
+    if row is None:
+        raise UndoError(f"no batch {batch_id}")
+    if row[1] is not None:
+        raise UndoError(f"batch {batch_id} was already undone at {row[1]}")
+    counts: dict[str, int] = {}
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for table in ("scores", "sessions"):
+            r = con.execute("DELETE FROM " + table + " WHERE batch_id = ?", [batch_id]).fetchone()
+            counts[table] = int(r[0]) if r else 0
+        # Attributes this batch filled in on patients created earlier go back to unknown.
+        r = con.execute(
+            """UPDATE patients SET clinic = NULL, provider = NULL, age_band = NULL, sex = NULL,
+                   primary_condition = NULL, route = NULL, attributes_known = false, attributes_batch_id = NULL
+               WHERE attributes_batch_id = ? AND batch_id <> ?""",
+            [batch_id, batch_id],
+        ).fetchone()
+        counts["patients_reset"] = int(r[0]) if r else 0
+        # Patients this batch created: kept (attributes unknown) while other batches still refer to them.
+        con.execute(
+            """CREATE OR REPLACE TEMP TABLE still_used AS
+               SELECT patient_id, min(batch_id) AS batch_id FROM (
+                   SELECT patient_id, batch_id FROM scores UNION ALL SELECT patient_id, batch_id FROM sessions)
+               GROUP BY patient_id"""
+        )
+        r = con.execute(
+            """UPDATE patients AS p SET clinic = NULL, provider = NULL, age_band = NULL, sex = NULL,
+                   primary_condition = NULL, route = NULL, attributes_known = false, attributes_batch_id = NULL,
+                   batch_id = u.batch_id
+               FROM still_used u WHERE p.patient_id = u.patient_id AND p.batch_id = ?""",
+            [batch_id],
+        ).fetchone()
+        counts["patients_kept"] = int(r[0]) if r else 0
+        r = con.execute("DELETE FROM patients WHERE batch_id = ?", [batch_id]).fetchone()
+        counts["patients"] = int(r[0]) if r else 0
+        con.execute("UPDATE batches SET undone_at = current_localtimestamp() WHERE batch_id = ?", [batch_id])
+        db.bump_data_version(con)
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    return counts

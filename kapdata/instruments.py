@@ -1,0 +1,245 @@
+"""The scale registry: every fact the product knows about a questionnaire lives here.
+
+Adding a scale is a data change in this file only: append an :class:`Instrument` to ``INSTRUMENTS``.
+The registry is written into the database (table ``instruments``) so that SQL views join the
+thresholds instead of repeating them; the settings page (later) overrides the thresholds there.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Band:
+    """A severity band: ``low`` to ``high`` inclusive."""
+
+    low: int
+    high: int
+    label: str
+
+
+@dataclass(frozen=True)
+class Instrument:
+    code: str  # display name and stored value, e.g. "PHQ-9"
+    title: str
+    construct: str
+    n_items: int
+    item_min: int
+    item_max: int
+    bands: tuple[Band, ...]
+    caseness: int  # clinical range: total >= caseness
+    caseness_label: str
+    response_pct: int  # response: reduction from baseline >= response_pct percent
+    remission_below: int  # remission: endpoint < remission_below
+    reliable_change: int  # reliable change index in points (Jacobson-Truax, published rounded value)
+    safety_items: tuple[int, ...]  # an answer > 0 on any of these items flags the patient
+    loinc_panel: str
+    loinc_total: str
+    loinc_items: dict[int, str] = field(default_factory=dict)
+    item_labels: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()
+    subscales: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+    @property
+    def total_min(self) -> int:
+        return self.n_items * self.item_min
+
+    @property
+    def total_max(self) -> int:
+        return self.n_items * self.item_max
+
+    @property
+    def key(self) -> str:
+        """The normalised lookup key: letters and digits only, upper case ("PHQ9")."""
+        return normalize_key(self.code)
+
+    def band_of(self, total: int) -> str | None:
+        for band in self.bands:
+            if band.low <= total <= band.high:
+                return band.label
+        return None
+
+
+def normalize_key(name: str) -> str:
+    """``"phq 9"``, ``"PHQ-9"``, ``"Phq_9"`` → ``"PHQ9"``."""
+    return re.sub(r"[^A-Za-z0-9]", "", name).upper()
+
+
+PHQ9 = Instrument(
+    code="PHQ-9",
+    title="Patient Health Questionnaire-9",
+    construct="depression",
+    n_items=9,
+    item_min=0,
+    item_max=3,
+    bands=(
+        Band(0, 4, "minimal"),
+        Band(5, 9, "mild"),
+        Band(10, 14, "moderate"),
+        Band(15, 19, "moderately severe"),
+        Band(20, 27, "severe"),
+    ),
+    caseness=10,
+    caseness_label="clinical range (PHQ-9 ≥ 10)",
+    response_pct=50,
+    remission_below=5,
+    reliable_change=6,
+    safety_items=(9,),
+    loinc_panel="44249-1",
+    loinc_total="44261-6",
+    loinc_items={
+        1: "44250-9",
+        2: "44255-8",
+        3: "44259-0",
+        4: "44254-1",
+        5: "44251-7",
+        6: "44258-2",
+        7: "44252-5",
+        8: "44253-3",
+        9: "44260-8",
+    },
+    item_labels=(
+        "Little interest or pleasure",
+        "Feeling down, depressed, hopeless",
+        "Sleep problems",
+        "Tired, little energy",
+        "Poor appetite or overeating",
+        "Feeling bad about yourself",
+        "Trouble concentrating",
+        "Moving/speaking slowly or restless",
+        "Thoughts of self-harm",
+    ),
+    sources=(
+        "Kroenke K, Spitzer RL, Williams JB. The PHQ-9. J Gen Intern Med 2001;16:606-13.",
+        "Löwe B, et al. Monitoring depression treatment outcomes with the PHQ-9. Med Care 2004;42:1194-201.",
+    ),
+)
+
+GAD7 = Instrument(
+    code="GAD-7",
+    title="Generalized Anxiety Disorder-7",
+    construct="anxiety",
+    n_items=7,
+    item_min=0,
+    item_max=3,
+    bands=(
+        Band(0, 4, "minimal"),
+        Band(5, 9, "mild"),
+        Band(10, 14, "moderate"),
+        Band(15, 21, "severe"),
+    ),
+    caseness=10,
+    caseness_label="clinical range (GAD-7 ≥ 10)",
+    response_pct=50,
+    remission_below=5,
+    reliable_change=4,
+    safety_items=(),
+    loinc_panel="69737-5",
+    loinc_total="70274-6",
+    loinc_items={
+        1: "69725-0",
+        2: "68509-9",
+        3: "69733-4",
+        4: "69734-2",
+        5: "69735-9",
+        6: "69689-8",
+        7: "69736-7",
+    },
+    item_labels=(
+        "Nervous, anxious, on edge",
+        "Not able to stop worrying",
+        "Worrying too much",
+        "Trouble relaxing",
+        "Restless",
+        "Easily annoyed or irritable",
+        "Afraid something awful might happen",
+    ),
+    sources=(
+        "Spitzer RL, et al. A brief measure for assessing generalized anxiety disorder: the GAD-7. "
+        "Arch Intern Med 2006;166:1092-7.",
+        "Toussaint A, et al. Sensitivity to change and minimal clinically important difference of the GAD-7. "
+        "J Affect Disord 2020;265:395-401.",
+    ),
+)
+
+PCL5 = Instrument(
+    code="PCL-5",
+    title="PTSD Checklist for DSM-5",
+    construct="post-traumatic stress",
+    n_items=20,
+    item_min=0,
+    item_max=4,
+    bands=(),  # no validated severity bands; the probable-PTSD threshold is shown instead
+    caseness=33,
+    caseness_label="probable PTSD (PCL-5 ≥ 33; 31–33 in the literature)",
+    response_pct=30,
+    remission_below=33,
+    reliable_change=10,
+    safety_items=(),
+    loinc_panel="101697-1",
+    loinc_total="101698-9",
+    item_labels=(
+        "Intrusive memories",
+        "Disturbing dreams",
+        "Flashbacks",
+        "Upset at reminders",
+        "Physical reactions to reminders",
+        "Avoiding memories",
+        "Avoiding external reminders",
+        "Trouble remembering the event",
+        "Strong negative beliefs",
+        "Blaming self or others",
+        "Strong negative feelings",
+        "Loss of interest",
+        "Feeling distant from others",
+        "Trouble feeling positive",
+        "Irritability or aggression",
+        "Risky or destructive behaviour",
+        "Hypervigilance",
+        "Easily startled",
+        "Difficulty concentrating",
+        "Trouble sleeping",
+    ),
+    sources=(
+        "Blevins CA, et al. The PTSD Checklist for DSM-5 (PCL-5). J Trauma Stress 2015;28:489-98.",
+        "Bovin MJ, et al. Psychometric properties of the PCL-5. Psychol Assess 2016;28:1379-91.",
+        "National Center for PTSD. Using the PTSD Checklist for DSM-5 (PCL-5).",
+    ),
+    subscales={
+        "B": (1, 2, 3, 4, 5),
+        "C": (6, 7),
+        "D": (8, 9, 10, 11, 12, 13, 14),
+        "E": (15, 16, 17, 18, 19, 20),
+    },
+)
+
+#: PCL-5 provisional DSM-5 diagnosis: items scored >= 2 count as endorsed; at least this many per cluster.
+PCL5_DSM5_ITEM_THRESHOLD = 2
+PCL5_DSM5_RULE = {"B": 1, "C": 1, "D": 2, "E": 2}
+
+INSTRUMENTS: tuple[Instrument, ...] = (PHQ9, GAD7, PCL5)
+BY_CODE: dict[str, Instrument] = {i.code: i for i in INSTRUMENTS}
+BY_KEY: dict[str, Instrument] = {i.key: i for i in INSTRUMENTS}
+MAX_ITEMS = max(i.n_items for i in INSTRUMENTS)
+
+
+def lookup(name: str) -> Instrument | None:
+    """Find an instrument by any accepted spelling (``PHQ-9``, ``phq9``, ``PHQ 9``)."""
+    return BY_KEY.get(normalize_key(name))
+
+
+def get(code: str) -> Instrument:
+    inst = lookup(code)
+    if inst is None:
+        raise KeyError(f"unknown instrument {code!r}; known: {', '.join(BY_CODE)}")
+    return inst
+
+
+#: Jacobson & Truax (1991) reliable change: RC = 1.96 × SD × √(2 × (1 − r)).
+RELIABLE_CHANGE_FORMULA = "RC = 1.96 × SD₁ × √(2 × (1 − r))"
+RELIABLE_CHANGE_SOURCE = (
+    "Jacobson NS, Truax P. Clinical significance: a statistical approach to defining meaningful change "
+    "in psychotherapy research. J Consult Clin Psychol 1991;59:12-9."
+)
