@@ -1,0 +1,46 @@
+"""Plotly figure builders: data in, figure out. No Streamlit here."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from kapdata import db
+
+PHASE_COLORS: dict[str, str] = {
+    "preparation": "#8da0cb",
+    "dosing": "#e78ac3",
+    "integration": "#66c2a5",
+    "follow-up": "#fc8d62",
+}
+INSTRUMENT_COLORS: dict[str, str] = {"PHQ-9": "#1f77b4", "GAD-7": "#2ca02c", "PCL-5": "#9467bd"}
+FONT = "Source Sans Pro, Arial, sans-serif"
+
+
+def base_layout(fig: go.Figure, *, height: int = 360, title: str | None = None) -> go.Figure:
+    fig.update_layout(
+        template="plotly_white",
+        height=height,
+        margin={"l": 10, "r": 10, "t": 80 if title else 30, "b": 10},
+        font={"family": FONT, "size": 13},
+        title={"text": title, "x": 0, "xanchor": "left", "y": 0.97, "yanchor": "top"} if title else None,
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 0, "xanchor": "left"},
+    )
+    return fig
+
+
+def scores_by_phase(frame: pd.DataFrame) -> go.Figure:
+    """Grouped bars: number of scores per instrument in each phase."""
+    fig = go.Figure()
+    for phase in db.PHASES:
+        part = frame[frame["phase"] == phase]
+        fig.add_bar(
+            name=phase,
+            x=part["instrument"],
+            y=part["scores"],
+            marker_color=PHASE_COLORS[phase],
+            customdata=part["patients"],
+            hovertemplate="%{x} · " + phase + "<br>%{y} scores from %{customdata} patients<extra></extra>",
+        )
+    fig.update_layout(barmode="group", yaxis_title="scores", xaxis_title=None)
+    return base_layout(fig, title="Questionnaires completed, by phase")

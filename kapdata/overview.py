@@ -1,0 +1,69 @@
+"""Numbers for the app's overview page: what is in the database and the headline outcomes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+from kapdata import cohort, db
+from kapdata import instruments as reg
+
+
+@dataclass(frozen=True)
+class Overview:
+    patients: int
+    patients_known: int
+    sessions: int
+    scores: int
+    started_dosing: int
+    first_score: str | None
+    last_score: str | None
+    scores_by_phase: pd.DataFrame  # instrument, phase, scores, patients
+    patients_by_phase: pd.DataFrame  # phase, patients (by the phase of each patient's latest score)
+    headline: list[dict[str, Any]]  # summary rows at the "latest" endpoint, one per instrument
+    batches: int
+
+
+def overview(con: duckdb.DuckDBPyConnection) -> Overview:
+    counts = con.execute(
+        """SELECT (SELECT count(*) FROM patients), (SELECT count(*) FROM patients WHERE attributes_known),
+                  (SELECT count(*) FROM sessions), (SELECT count(*) FROM scores),
+                  (SELECT count(*) FROM patient_dosing),
+                  (SELECT CAST(min(assessed_on) AS VARCHAR) FROM scores),
+                  (SELECT CAST(max(assessed_on) AS VARCHAR) FROM scores),
+                  (SELECT count(*) FROM batches WHERE undone_at IS NULL)"""
+    ).fetchone()
+    assert counts is not None
+    by_phase = con.execute(
+        """SELECT instrument, phase, count(*) AS scores, count(DISTINCT patient_id) AS patients
+            FROM scores_phased GROUP BY instrument, phase
+            ORDER BY list_position($codes, instrument), list_position($phases, phase)""",
+        {"codes": list(reg.BY_CODE), "phases": list(db.PHASES)},
+    ).df()
+    current = con.execute(
+        """WITH last AS (
+                SELECT patient_id, arg_max(phase, assessed_at) AS phase FROM scores_phased GROUP BY patient_id)
+            SELECT phase, count(*) AS patients FROM last GROUP BY phase
+            ORDER BY list_position($phases, phase)""",
+        {"phases": list(db.PHASES)},
+    ).df()
+    rank = {code: i for i, code in enumerate(reg.BY_CODE)}
+    headline = sorted(
+        (row for row in cohort.summary(con) if row["phase"] == "latest"), key=lambda r: rank[r["instrument"]]
+    )
+    return Overview(
+        patients=int(counts[0]),
+        patients_known=int(counts[1]),
+        sessions=int(counts[2]),
+        scores=int(counts[3]),
+        started_dosing=int(counts[4]),
+        first_score=counts[5],
+        last_score=counts[6],
+        scores_by_phase=by_phase,
+        patients_by_phase=current,
+        headline=headline,
+        batches=int(counts[7]),
+    )

@@ -1,0 +1,57 @@
+"""Overview: what is loaded, and the headline outcomes at each patient's latest score."""
+
+import streamlit as st
+
+import kapui
+from kapdata import charts
+from kapdata import instruments as reg
+
+path = kapui.initialise()
+data = kapui.overview(path, kapui.data_version(path))
+
+st.title("KAP Outcomes")
+st.caption(
+    "Outcomes of ketamine-assisted psychotherapy across preparation, dosing, integration and follow-up. "
+    f"Database: `{path}` · scores from {data.first_score or '–'} to {data.last_score or '–'}."
+)
+
+c = st.columns(5)
+c[0].metric("Patients", f"{data.patients:,}", help="Pseudonymous patients in the database.")
+c[1].metric("Started dosing", f"{data.started_dosing:,}", help="Patients with at least one dosing session.")
+c[2].metric("Dosing sessions", f"{data.sessions:,}")
+c[3].metric("Questionnaires", f"{data.scores:,}", help="Completed PHQ-9, GAD-7 and PCL-5 questionnaires.")
+c[4].metric("Import batches", f"{data.batches:,}", help="Files loaded and not undone.")
+
+st.subheader("Headline outcomes at the latest assessment")
+st.caption(
+    "Completers: patients with a baseline (last preparation score) and at least one later score. "
+    "Rates with Wilson 95% confidence intervals."
+)
+if not data.headline:
+    st.info("No outcomes yet: load scores with a baseline to see response and remission.")
+cols = st.columns(max(1, len(data.headline)))
+for col, row in zip(cols, data.headline, strict=False):
+    inst = reg.get(row["instrument"])
+    rates = row["rates"]["completers"]
+    with col.container(border=True):
+        st.markdown(f"**{inst.code}** · {inst.construct}")
+        st.metric(
+            "Response",
+            "–" if rates["response"]["rate"] is None else f"{100 * rates['response']['rate']:.0f}%",
+            help=f"≥ {inst.response_pct}% reduction from baseline.",
+        )
+        st.caption(kapui.fmt_rate(rates["response"]))
+        st.metric(
+            "Remission",
+            "–" if rates["remission"]["rate"] is None else f"{100 * rates['remission']['rate']:.0f}%",
+            help=f"Latest score below {inst.remission_below}.",
+        )
+        st.caption(kapui.fmt_rate(rates["remission"]))
+        st.caption(f"{row['completers']:,} completers of {row['patients_with_baseline']:,} with a baseline")
+
+left, right = st.columns([3, 2])
+with left:
+    st.plotly_chart(charts.scores_by_phase(data.scores_by_phase), width="stretch")
+with right:
+    st.markdown("**Patients by phase of their latest questionnaire**")
+    st.dataframe(data.patients_by_phase, hide_index=True, width="stretch")
