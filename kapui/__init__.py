@@ -1,0 +1,116 @@
+"""Streamlit glue for the pages (one module per area; this one is shared): database location, first-run set-up, cached queries.
+
+Kept apart from ``kapdata`` so that the core never imports Streamlit. Every query opens a short
+read-only connection (so the command line can write to the same file while the app runs) and its
+result is cached on the database file's fingerprint, so an import by any process shows at once.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import streamlit as st
+
+from kapdata import bootstrap, db, filters
+from kapdata import overview as ov
+from kapdata.cohort import CohortFilter
+
+#: Session-state keys of the shared sidebar filters. dashboard.py keeps them alive across pages.
+FILTER_KEYS = ("f_start", "f_clinics", "f_providers", "f_routes", "f_conditions")
+
+
+def database_path() -> str:
+    """``streamlit run dashboard.py -- --db PATH``, else ``$KAP_DB``, else ``data/kap.duckdb``."""
+    argv = sys.argv[1:]
+    for i, arg in enumerate(argv):
+        if arg == "--db" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--db="):
+            return arg.split("=", 1)[1]
+    return str(db.db_path(os.environ.get("KAP_DB") or None))
+
+
+@st.cache_resource(show_spinner="Preparing the database (first run loads the sample cohort)…")
+def _initialise(path: str) -> str:
+    return bootstrap.ensure_database(path)
+
+
+def initialise() -> str:
+    path = database_path()
+    _initialise(path)
+    return path
+
+
+def data_version(path: str) -> tuple[int, int]:
+    return db.file_version(path)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def overview(path: str, version: tuple[int, int]) -> ov.Overview:
+    with db.reader(path) as con:
+        return ov.overview(con)
+
+
+def fmt_rate(rate: dict[str, float | int | None]) -> str:
+    """``53.6% (95% CI 48.1–59.0), 75/140``."""
+    if rate["rate"] is None:
+        return "–"
+    lo, hi = rate["ci_low"] or 0.0, rate["ci_high"] or 0.0
+    return f"{100 * float(rate['rate']):.1f}% (95% CI {100 * lo:.1f}–{100 * hi:.1f}), {rate['k']}/{rate['n']}"
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def filter_options(path: str, version: tuple[int, int]) -> filters.FilterOptions:
+    with db.reader(path) as con:
+        return filters.filter_options(con)
+
+
+def keep_filter_state() -> None:
+    """Streamlit forgets a widget's value on pages that do not draw it; re-storing keeps it."""
+    for key in FILTER_KEYS:
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
+
+
+def sidebar_filters(
+    path: str, fields: tuple[str, ...] = ("start", "clinics", "providers", "routes", "conditions")
+) -> CohortFilter:
+    """Draw the shared cohort filters in the sidebar (only ``fields``) and return the filter they define."""
+    opts = filter_options(path, data_version(path))
+    sb = st.sidebar
+    sb.markdown("**Cohort filters**")
+    start_from = start_to = None
+    if "start" in fields and opts.first_start and opts.last_start:
+        default = {} if "f_start" in st.session_state else {"value": (opts.first_start, opts.last_start)}
+        value = sb.date_input(
+            "Treatment start (first dosing session)",
+            **default,
+            min_value=opts.first_start,
+            max_value=opts.last_start,
+            key="f_start",
+            help="Patients whose first dosing session falls in this range. Patients who never dosed are "
+            "left out when the range is narrowed.",
+        )
+        if isinstance(value, tuple) and len(value) == 2:
+            if value != (opts.first_start, opts.last_start):
+                start_from, start_to = value
+    clinics = sb.multiselect("Clinic", opts.clinics, key="f_clinics") if "clinics" in fields else []
+    provider_choices = (
+        sorted({p for c in clinics for p in opts.providers_by_clinic.get(c, [])}) if clinics else opts.providers
+    )
+    providers = (
+        sb.multiselect("Provider", provider_choices, key="f_providers") if "providers" in fields else []
+    )
+    routes = sb.multiselect("Route", opts.routes, key="f_routes") if "routes" in fields else []
+    conditions = (
+        sb.multiselect("Primary condition", opts.conditions, key="f_conditions") if "conditions" in fields else []
+    )
+    return CohortFilter(
+        start_from=start_from,
+        start_to=start_to,
+        clinics=tuple(clinics),
+        providers=tuple(p for p in providers if p in provider_choices),
+        routes=tuple(routes),
+        conditions=tuple(conditions),
+    )
