@@ -11,6 +11,20 @@ kapui.keep_filter_state()
 page = st.navigation(
     {
         "": [st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True)],
+        "Clinicians": [
+            st.Page("pages/patient_trends.py", title="Patient trends", icon=":material/monitor_heart:"),
+        ],
+        "Directors": [
+            st.Page("pages/clinic_outcomes.py", title="Clinic outcomes", icon=":material/insights:"),
+        ],
+        "Researchers": [
+            st.Page("pages/research_export.py", title="Research export", icon=":material/download:"),
+        ],
+        "Data": [
+            st.Page("pages/data_import.py", title="Data import", icon=":material/upload_file:"),
+            st.Page("pages/definitions.py", title="Definitions", icon=":material/menu_book:"),
+            st.Page("pages/settings.py", title="Settings", icon=":material/settings:"),
+        ],
     }
 )
 page.run()

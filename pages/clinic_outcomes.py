@@ -1,0 +1,6 @@
+"""Clinic outcomes (placeholder while the page is built; replaced by its issue's work)."""
+
+import streamlit as st
+
+st.title("Clinic outcomes")
+st.info("This page is being built.")

@@ -1,0 +1,6 @@
+"""Research export (placeholder while the page is built; replaced by its issue's work)."""
+
+import streamlit as st
+
+st.title("Research export")
+st.info("This page is being built.")
