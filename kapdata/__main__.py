@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import duckdb
+
 from kapdata import __version__, cohort, db, ingest, outcomes
 from kapdata import instruments as reg
 
@@ -41,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--on-error",
         choices=("reject", "quarantine"),
         default="reject",
-        help="reject (default): one bad row rejects everything; quarantine: load good rows, write bad ones out",
+        help="reject (default): one bad row rejects everything; "
+        "quarantine: load good rows, write bad ones out",
     )
     p.add_argument("--rejects", help="where quarantined rows go (default: FILE.rejects.csv beside each file)")
     p.add_argument("--dry-run", action="store_true", help="validate and report; change nothing")
@@ -75,20 +78,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print_rejected(exc: ingest.ImportRejected) -> int:
+    res = exc.result
+    errors = res.errors
+    rows = len({(p.file, p.row) for p in errors})
+    print(
+        f"Import rejected: {len(errors)} problem(s) in {rows} row(s); the database is unchanged.",
+        file=sys.stderr,
+    )
+    for problem in res.problems:
+        print(f"  {problem.severity}: {problem}", file=sys.stderr)
+    return 2
+
+
 def cmd_load(a: argparse.Namespace) -> int:
     try:
         result = ingest.load_files(a.files, a.db, on_error=a.on_error, rejects=a.rejects, dry_run=a.dry_run)
     except ingest.ImportRejected as exc:
-        res = exc.result
-        errors = res.errors
-        rows = len({(p.file, p.row) for p in errors})
-        print(
-            f"Import rejected: {len(errors)} problem(s) in {rows} row(s); the database is unchanged.",
-            file=sys.stderr,
-        )
-        for problem in res.problems:
-            print(f"  {problem.severity}: {problem}", file=sys.stderr)
-        return 2
+        return _print_rejected(exc)
     for problem in result.problems:
         if problem.severity != "error":
             print(f"  {problem.severity}: {problem}", file=sys.stderr)
@@ -126,7 +133,8 @@ def _summary_table(doc: dict[str, Any]) -> str:
         lines.append(
             f"{r['instrument']:<10} {r['phase']:<12} {r['patients_with_baseline']:>8} {r['completers']:>7} "
             f"{r['itt']:>5} {'-' if change is None else f'{change:+.1f}':>9} "
-            f"{pct(r['rates']['completers']['response']):>20} {pct(r['rates']['completers']['remission']):>20} "
+            f"{pct(r['rates']['completers']['response']):>20} "
+            f"{pct(r['rates']['completers']['remission']):>20} "
             f"{pct(r['rates']['itt']['response']):>18}"
         )
     return "\n".join(lines)
@@ -153,13 +161,15 @@ def cmd_batches(a: argparse.Namespace) -> int:
         print("no batches")
         return 0
     print(
-        f"{'batch':>5}  {'loaded at':<19}  {'kind':<8}  {'read':>7} {'loaded':>7} {'rejected':>8}  status  file"
+        f"{'batch':>5}  {'loaded at':<19}  {'kind':<8}  {'read':>7} {'loaded':>7} {'rejected':>8}  "
+        "status  file"
     )
     for r in rows:
         status = "undone" if r["undone_at"] else "active"
         print(
             f"{r['batch_id']:>5}  {str(r['loaded_at'])[:19]:<19}  {r['kind']:<8}  {r['rows_read']:>7} "
-            f"{r['rows_loaded']:>7} {r['rows_rejected']:>8}  {status:<6}  {r['file_name']}  sha256 {r['sha256'][:12]}"
+            f"{r['rows_loaded']:>7} {r['rows_rejected']:>8}  {status:<6}  {r['file_name']}  "
+            f"sha256 {r['sha256'][:12]}"
         )
     return 0
 
@@ -220,8 +230,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code
-    except (db.NoDatabase, db.DatabaseBusy, FileNotFoundError, PermissionError, ValueError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except ingest.ImportRejected as exc:  # init loading a sample folder with bad rows
+        return _print_rejected(exc)
+    except (
+        db.NoDatabase,
+        db.DatabaseBusy,
+        FileNotFoundError,
+        PermissionError,
+        ValueError,
+        KeyError,
+        RuntimeError,  # e.g. a database written by a newer kapdata
+        duckdb.Error,  # e.g. --db names a file that is not a DuckDB database
+    ) as exc:
+        text = str(exc).strip()
+        print(f"error: {text.splitlines()[0] if text else type(exc).__name__}", file=sys.stderr)
         return 1
 
 

@@ -161,7 +161,10 @@ def summary(con: duckdb.DuckDBPyConnection, cohort: CohortFilter | None = None) 
 def summary_document(con: duckdb.DuckDBPyConnection, cohort: CohortFilter | None = None) -> dict[str, Any]:
     """The ``summary --json`` document: results plus the definitions in force."""
     settings = db.get_settings(con)
-    thresholds = con.execute("SELECT * FROM instruments ORDER BY code").df().to_dict(orient="records")
+    # Plain Python values (not a DataFrame's numpy arrays), so the document serialises as JSON as is.
+    cur = con.execute("SELECT * FROM instruments ORDER BY code")
+    names = [d[0] for d in cur.description]
+    thresholds = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
     return {
         "generated_at": dt.datetime.now().isoformat(timespec="seconds"),
         "phases": list(db.ENDPOINT_PHASES),

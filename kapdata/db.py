@@ -120,8 +120,13 @@ VIEWS_SQL: tuple[str, ...] = (
                WHEN s.assessed_on <= d.last_session + (SELECT days FROM w) THEN 'integration'
                ELSE 'follow-up' END) AS phase,
            s.phase IS NOT NULL AS phase_explicit,
-           CAST(s.assessed_on - d.first_session AS INTEGER) AS day
-    FROM scores s LEFT JOIN patient_dosing d USING (patient_id)""",
+           CAST(s.assessed_on - d.first_session AS INTEGER) AS day,
+           -- Safety flag: an answer > 0 on a safety item (PHQ-9 item 9); unknown when only a total is given.
+           CASE WHEN len(i.safety_items) = 0 THEN false
+                WHEN s.items IS NOT NULL THEN len(list_filter(i.safety_items, lambda k: s.items[k] > 0)) > 0
+           END AS safety_flag
+    FROM scores s LEFT JOIN patient_dosing d USING (patient_id)
+    LEFT JOIN instruments i ON i.code = s.instrument""",
     # Baseline: the last score of a scale in preparation. Latest: the last score after baseline
     # (the last score outside preparation). Phase endpoints: the last score in each phase.
     """CREATE OR REPLACE VIEW score_points AS
@@ -165,9 +170,12 @@ VIEWS_SQL: tuple[str, ...] = (
            g.endpoint < i.remission_below AS remission,
            g.endpoint - g.baseline <= -i.reliable_change AS reliable_improvement,
            g.endpoint - g.baseline >= i.reliable_change AS reliable_deterioration,
-           g.baseline >= i.caseness AND g.endpoint < i.caseness AS recovery,
-           g.baseline >= i.caseness AND g.endpoint < i.caseness
-               AND g.endpoint - g.baseline <= -i.reliable_change AS reliable_recovery
+           -- NULL (not false) when either end is missing: false AND NULL would be false.
+           CASE WHEN g.baseline IS NOT NULL AND g.endpoint IS NOT NULL
+                THEN g.baseline >= i.caseness AND g.endpoint < i.caseness END AS recovery,
+           CASE WHEN g.baseline IS NOT NULL AND g.endpoint IS NOT NULL
+                THEN g.baseline >= i.caseness AND g.endpoint < i.caseness
+                     AND g.endpoint - g.baseline <= -i.reliable_change END AS reliable_recovery
     FROM grid g JOIN instruments i ON i.code = g.instrument""",
 )
 
@@ -283,7 +291,8 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     version = schema_version(con)
     if version > SCHEMA_VERSION:
         raise RuntimeError(
-            f"database schema version {version} is newer than this software ({SCHEMA_VERSION}); upgrade kapdata"
+            f"database schema version {version} is newer than this software ({SCHEMA_VERSION}); "
+            "upgrade kapdata"
         )
     con.execute("BEGIN TRANSACTION")
     try:

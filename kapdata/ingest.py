@@ -9,6 +9,7 @@ the reason. Each file becomes one batch in ``batches`` and can be undone.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import os
@@ -104,7 +105,7 @@ IDENTIFIER_PATTERNS: tuple[tuple[str, str], ...] = (
     ),
 )
 
-DATE_RE = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}(:?\d{2})?)?$"
+DATE_RE = r"^\d{4}-\d{2}-\d{2}([T ]([01]\d|2[0-3]):[0-5]\d(:[0-5]\d(\.\d+)?)?(Z|[+-]\d{2}(:?\d{2})?)?)?$"
 
 
 @dataclass(frozen=True)
@@ -296,7 +297,8 @@ def _lit(text: str) -> str:
 
 def _whole(col: str) -> str:
     """SQL: the text column parsed as a whole number, NULL if it is not one."""
-    return f"(CASE WHEN try_cast({col} AS DOUBLE) = round(try_cast({col} AS DOUBLE)) THEN try_cast({col} AS DOUBLE) END)"
+    num = f"try_cast({col} AS DOUBLE)"
+    return f"(CASE WHEN {num} = round({num}) THEN {num} END)"
 
 
 def _in_list(values: Iterable[str]) -> str:
@@ -350,10 +352,12 @@ def _range_check(column: str, low: float, high: float, what: str, whole: bool = 
 
 def _parse_date_sql(column: str) -> str:
     """SQL giving the local timestamp of a date or date-time text (its offset ignored), NULL if bad."""
+    time_text = f"regexp_extract({column}, '^.{{10}}[T ]([0-9:.]+)', 1)"
+    # A time that is present but invalid (25:00) makes the whole value unparseable, not midnight.
     return (
         f"CASE WHEN regexp_full_match({column}, {_lit(DATE_RE)}) THEN "
-        f"try_cast(left({column}, 10) AS DATE) + coalesce(try_cast(nullif("
-        f"regexp_extract({column}, '^.{{10}}[T ]([0-9:.]+)', 1), '') AS TIME), TIME '00:00:00') END"
+        f"try_cast(left({column}, 10) AS DATE) + (CASE WHEN {time_text} = '' THEN TIME '00:00:00' "
+        f"ELSE try_cast({time_text} AS TIME) END) END"
     )
 
 
@@ -613,13 +617,15 @@ class Loader:
         self.con.execute(
             f"""CREATE OR REPLACE TEMP TABLE {st.table}_clean AS
             SELECT row_no, ok, patient_id, session_date__d AS session_date, route__v AS route,
-                   try_cast(dose_mg AS DOUBLE) AS dose_mg, try_cast(dose_mg_per_kg AS DOUBLE) AS dose_mg_per_kg,
-                   CAST({_whole("bp_sys_pre")} AS SMALLINT) AS bp_sys_pre,
-                   CAST({_whole("bp_dia_pre")} AS SMALLINT) AS bp_dia_pre,
-                   CAST({_whole("bp_sys_post")} AS SMALLINT) AS bp_sys_post,
-                   CAST({_whole("bp_dia_post")} AS SMALLINT) AS bp_dia_post,
-                   CAST({_whole("dissociation")} AS SMALLINT) AS dissociation,
-                   nullif(array_to_string(list_transform(side_effects__l, lambda x: trim(x)), ';'), '') AS side_effects
+                   try_cast(dose_mg AS DOUBLE) AS dose_mg,
+                   try_cast(dose_mg_per_kg AS DOUBLE) AS dose_mg_per_kg,
+                   try_cast({_whole("bp_sys_pre")} AS SMALLINT) AS bp_sys_pre,
+                   try_cast({_whole("bp_dia_pre")} AS SMALLINT) AS bp_dia_pre,
+                   try_cast({_whole("bp_sys_post")} AS SMALLINT) AS bp_sys_post,
+                   try_cast({_whole("bp_dia_post")} AS SMALLINT) AS bp_dia_post,
+                   try_cast({_whole("dissociation")} AS SMALLINT) AS dissociation,
+                   nullif(array_to_string(list_transform(side_effects__l, lambda x: trim(x)), ';'), '')
+                       AS side_effects
             FROM {st.table}"""
         )
         st.clean_ready = True
@@ -646,7 +652,8 @@ class Loader:
         items = st.item_numbers
         cols = list(COLUMNS["scores"]) + [f"item_{n}" for n in items]
         self.con.execute(
-            "CREATE OR REPLACE TEMP TABLE inst_keys (key VARCHAR, code VARCHAR, n INTEGER, lo INTEGER, hi INTEGER)"
+            "CREATE OR REPLACE TEMP TABLE inst_keys "
+            "(key VARCHAR, code VARCHAR, n INTEGER, lo INTEGER, hi INTEGER)"
         )
         self.con.executemany(
             "INSERT INTO inst_keys VALUES (?, ?, ?, ?, ?)",
@@ -700,7 +707,7 @@ class Loader:
                 Check(
                     col,
                     f"{n} <= n_items AND ({col}__n < item_lo OR {col}__n > item_hi)",
-                    f"'item out of range: ' || instrument__v || ' items are ' || item_lo || '-' || item_hi",
+                    "'item out of range: ' || instrument__v || ' items are ' || item_lo || '-' || item_hi",
                 ),
             ]
         if items:
@@ -714,10 +721,11 @@ class Loader:
             self.con.execute(f"ALTER TABLE {st.table} ADD COLUMN item_sum DOUBLE")
             self.con.execute(f"UPDATE {st.table} SET items_given = {given}, item_sum = {item_sum}")
             present = set(items)
-            first_missing = " ".join(
-                f"WHEN {n} <= n_items AND {('item_' + str(n)) if n in present else 'NULL'} IS NULL THEN 'item_{n}'"
-                for n in range(1, reg.MAX_ITEMS + 1)
-            )
+            whens = []
+            for n in range(1, reg.MAX_ITEMS + 1):
+                answer = f"item_{n}" if n in present else "NULL"
+                whens.append(f"WHEN {n} <= n_items AND {answer} IS NULL THEN 'item_{n}'")
+            first_missing = " ".join(whens)
             checks += [
                 Check(
                     "items",
@@ -730,8 +738,9 @@ class Loader:
                 Check(
                     "total",
                     "items_given = n_items AND total__n IS NOT NULL AND total__n <> item_sum",
-                    "'total ' || CAST(total__n AS INTEGER) || ' is not the sum of the items (' || "
-                    "CAST(item_sum AS INTEGER) || ')'",
+                    "'total ' || total || ' is not the sum of the items (' || "
+                    "coalesce(CAST(try_cast(item_sum AS BIGINT) AS VARCHAR), CAST(item_sum AS VARCHAR)) "
+                    "|| ')'",
                 ),
                 Check(
                     "total",
@@ -744,7 +753,7 @@ class Loader:
         self._run_checks(st, checks)
         self._mark_bad(st)
         if items:
-            item_list = "[" + ", ".join(f"CAST(item_{n}__n AS SMALLINT)" for n in items) + "]"
+            item_list = "[" + ", ".join(f"try_cast(item_{n}__n AS SMALLINT)" for n in items) + "]"
             total_expr = "coalesce(total__n, item_sum)"
             items_expr = f"CASE WHEN items_given = n_items THEN list_slice({item_list}, 1, n_items) END"
         else:
@@ -753,7 +762,7 @@ class Loader:
         self.con.execute(
             f"""CREATE OR REPLACE TEMP TABLE {st.table}_clean AS
             SELECT row_no, ok, patient_id, instrument__v AS instrument, assessed_on__d AS assessed_on,
-                   assessed_on__ts AS assessed_at, CAST({total_expr} AS SMALLINT) AS total,
+                   assessed_on__ts AS assessed_at, try_cast({total_expr} AS SMALLINT) AS total,
                    {items_expr} AS items, phase__v AS phase
             FROM {st.table}"""
         )
@@ -820,7 +829,8 @@ class Loader:
         ok_rows = int(ok_row[0]) if ok_row else 0
         if kind == "patients":
             fill = self.con.execute(
-                """SELECT count(*) FROM new_rows n JOIN patients p USING (patient_id) WHERE NOT p.attributes_known"""
+                """SELECT count(*) FROM new_rows n JOIN patients p USING (patient_id)
+                   WHERE NOT p.attributes_known"""
             ).fetchone()
             filled = int(fill[0]) if fill else 0
             self.con.execute(
@@ -849,8 +859,8 @@ class Loader:
                 more = f" and {len(new_patients) - 20} more" if len(new_patients) > 20 else ""
                 self._problem(
                     st.src,
-                    f"{len(new_patients)} patient(s) are in no patients file; created with unknown attributes: "
-                    f"{shown}{more}",
+                    f"{len(new_patients)} patient(s) are in no patients file; "
+                    f"created with unknown attributes: {shown}{more}",
                     row=None,
                     column="patient_id",
                     value=None,
@@ -864,10 +874,11 @@ class Loader:
                 )
             if kind == "sessions":
                 sql = """INSERT INTO sessions SELECT patient_id, session_date, route, dose_mg, dose_mg_per_kg,
-                       bp_sys_pre, bp_dia_pre, bp_sys_post, bp_dia_post, dissociation, side_effects, ? FROM new_rows"""
+                       bp_sys_pre, bp_dia_pre, bp_sys_post, bp_dia_post, dissociation, side_effects, ?
+                       FROM new_rows"""
             else:
-                sql = """INSERT INTO scores SELECT patient_id, instrument, assessed_on, assessed_at, total, items,
-                       phase, ? FROM new_rows"""
+                sql = """INSERT INTO scores SELECT patient_id, instrument, assessed_on, assessed_at, total,
+                       items, phase, ? FROM new_rows"""
             inserted = self.con.execute(sql, [batch_id]).fetchone()
             loaded = int(inserted[0]) if inserted else 0
         res.rows_loaded = loaded
@@ -966,16 +977,24 @@ def load_with_connection(
             if st is not None:
                 staged.append(st)
         file_errors = any(p.severity == "error" for p in result.problems)
-        # Identical re-import of a whole file is a no-op.
+        # Identical re-import of a whole file is a no-op, and so is the same file given twice in one call.
+        first_of: dict[str, _Staged] = {}
+        repeats: list[tuple[_Staged, _Staged]] = []
         for st in list(staged):
             row = con.execute(
-                "SELECT batch_id FROM batches WHERE sha256 = ? AND undone_at IS NULL ORDER BY batch_id LIMIT 1",
+                "SELECT batch_id FROM batches WHERE sha256 = ? AND undone_at IS NULL "
+                "ORDER BY batch_id LIMIT 1",
                 [st.result.sha256],
             ).fetchone()
             if row:
                 st.result.identical_to_batch = int(row[0])
                 st.result.rows_already_present = st.result.rows_read
                 staged.remove(st)
+            elif st.result.sha256 in first_of:
+                repeats.append((st, first_of[st.result.sha256]))
+                staged.remove(st)
+            else:
+                first_of[st.result.sha256] = st
         staged.sort(key=lambda s: KIND_ORDER.index(s.result.kind or "scores"))
         for st in staged:
             getattr(loader, f"_parse_{st.result.kind}")(st)
@@ -984,6 +1003,9 @@ def load_with_connection(
                 if on_error == "reject" and result.errors:
                     continue
                 loader._insert(st)
+        for repeat, first in repeats:
+            repeat.result.identical_to_batch = first.result.batch_id
+            repeat.result.rows_already_present = repeat.result.rows_read
         order = {src.name: i for i, src in enumerate(sources)}
         result.problems.sort(key=lambda p: (order.get(p.file, 0), p.row or 0))
         errors = result.errors
@@ -1007,11 +1029,26 @@ def load_with_connection(
     except ImportRejected:
         raise
     except Exception:
-        try:
+        with contextlib.suppress(duckdb.Error):
             con.execute("ROLLBACK")
-        except duckdb.Error:
-            pass
         raise
+    finally:
+        # A committed load leaves its work tables behind; drop them so the connection can load again.
+        _drop_work_tables(con)
+
+
+_WORK_TABLE_RE = re.compile(
+    r"^((raw|parsed)_\d+(_clean)?|bad_rows|inst_keys|new_rows|reject_reasons|still_used)$"
+)
+
+
+def _drop_work_tables(con: duckdb.DuckDBPyConnection) -> None:
+    """Drop this module's temporary work tables (names matched against our own fixed patterns)."""
+    with contextlib.suppress(duckdb.Error):
+        names = con.execute("SELECT table_name FROM duckdb_tables() WHERE temporary").fetchall()
+        for (name,) in names:
+            if _WORK_TABLE_RE.match(name):
+                con.execute("DROP TABLE IF EXISTS temp.main." + name)
 
 
 # ------------------------------------------------------------------------------------------- batches
@@ -1048,21 +1085,31 @@ def undo_with_connection(con: duckdb.DuckDBPyConnection, batch_id: int) -> dict[
         # Attributes this batch filled in on patients created earlier go back to unknown.
         r = con.execute(
             """UPDATE patients SET clinic = NULL, provider = NULL, age_band = NULL, sex = NULL,
-                   primary_condition = NULL, route = NULL, attributes_known = false, attributes_batch_id = NULL
+                   primary_condition = NULL, route = NULL, attributes_known = false,
+                   attributes_batch_id = NULL
                WHERE attributes_batch_id = ? AND batch_id <> ?""",
             [batch_id, batch_id],
         ).fetchone()
         counts["patients_reset"] = int(r[0]) if r else 0
+        # Patients this batch created (unknown) whose attributes a patients file gave later now belong
+        # to that patients batch: they stay.
+        con.execute(
+            """UPDATE patients SET batch_id = attributes_batch_id
+               WHERE batch_id = ? AND attributes_batch_id IS NOT NULL AND attributes_batch_id <> ?""",
+            [batch_id, batch_id],
+        )
         # Patients this batch created: kept (attributes unknown) while other batches still refer to them.
         con.execute(
             """CREATE OR REPLACE TEMP TABLE still_used AS
                SELECT patient_id, min(batch_id) AS batch_id FROM (
-                   SELECT patient_id, batch_id FROM scores UNION ALL SELECT patient_id, batch_id FROM sessions)
+                   SELECT patient_id, batch_id FROM scores
+                   UNION ALL SELECT patient_id, batch_id FROM sessions)
                GROUP BY patient_id"""
         )
         r = con.execute(
             """UPDATE patients AS p SET clinic = NULL, provider = NULL, age_band = NULL, sex = NULL,
-                   primary_condition = NULL, route = NULL, attributes_known = false, attributes_batch_id = NULL,
+                   primary_condition = NULL, route = NULL, attributes_known = false,
+                   attributes_batch_id = NULL,
                    batch_id = u.batch_id
                FROM still_used u WHERE p.patient_id = u.patient_id AND p.batch_id = ?""",
             [batch_id],
@@ -1076,4 +1123,6 @@ def undo_with_connection(con: duckdb.DuckDBPyConnection, batch_id: int) -> dict[
     except Exception:
         con.execute("ROLLBACK")
         raise
+    finally:
+        _drop_work_tables(con)
     return counts

@@ -40,7 +40,8 @@ def outcomes_frame(
     code = reg.get(instrument).code if instrument else None
     return con.execute(
         """SELECT patient_id, instrument, phase, baseline, endpoint, endpoint_on, change, pct_change,
-                  response, remission, reliable_improvement, reliable_deterioration, recovery, reliable_recovery
+                  response, remission, reliable_improvement, reliable_deterioration, recovery,
+                  reliable_recovery
            FROM outcomes
            WHERE (CAST($code AS VARCHAR) IS NULL OR instrument = $code)
              AND (CAST($pid AS VARCHAR) IS NULL OR patient_id = $pid)

@@ -1,0 +1,224 @@
+"""Cohort summary: completers and intention-to-treat (LOCF) with Wilson and t intervals, hand-computed.
+
+PHQ-9, sessions 2025-03-01 … 2025-03-29 for A, B, C and E:
+
+    patient  baseline  dosing  integration   notes
+    A        20        14      6
+    B        18        4       10
+    C        12        10      -             drops out after dosing (LOCF carries 10 forward)
+    D        15        -       -             never dosed: not in ITT
+    E        -         12      -             no baseline: in no group
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from kapdata import cohort, db
+from tests.conftest import (
+    PATIENTS_HEADER,
+    SCORES_HEADER,
+    SESSIONS_HEADER,
+    csv_lines,
+    load,
+    sessions_rows,
+    write_text,
+)
+
+T975_DF1 = 12.706204736174698
+T975_DF2 = 4.302652729749464
+
+PATIENTS = [
+    ("A", "North", "Dr A", "25-34", "female", "MDD", "IV"),
+    ("B", "North", "Dr B", "35-44", "male", "MDD", "IM"),
+    ("C", "South", "Dr A", "45-54", "female", "PTSD", "IV"),
+    ("D", "North", "Dr B", "25-34", "male", "MDD", "IV"),
+    ("E", "North", "Dr A", "25-34", "other", "GAD", "IV"),
+]
+SCORES = [
+    ("A", "PHQ-9", "2025-02-20", 20),
+    ("A", "PHQ-9", "2025-03-15", 14),
+    ("A", "PHQ-9", "2025-05-01", 6),
+    ("B", "PHQ-9", "2025-02-20", 18),
+    ("B", "PHQ-9", "2025-03-15", 4),
+    ("B", "PHQ-9", "2025-05-01", 10),
+    ("C", "PHQ-9", "2025-02-20", 12),
+    ("C", "PHQ-9", "2025-03-15", 10),
+    ("D", "PHQ-9", "2025-02-20", 15),
+    ("E", "PHQ-9", "2025-03-15", 12),
+]
+
+
+def write_cohort(folder: Path) -> list[Path]:
+    sessions = [r for pid in "ABCE" for r in sessions_rows(pid, ["2025-03-01", "2025-03-08", "2025-03-29"])]
+    return [
+        write_text(folder / "patients.csv", csv_lines(PATIENTS_HEADER, PATIENTS)),
+        write_text(folder / "sessions.csv", csv_lines(SESSIONS_HEADER, sessions)),
+        write_text(folder / "scores.csv", csv_lines(SCORES_HEADER, SCORES)),
+    ]
+
+
+@pytest.fixture(scope="module")
+def cohort_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("cohort")
+    db_file = folder / "kap.duckdb"
+    load(db_file, *write_cohort(folder))
+    return db_file
+
+
+def results(db_file: Path, flt: cohort.CohortFilter | None = None) -> dict[tuple[str, str], dict]:
+    with db.reader(db_file) as con:
+        return {(r["instrument"], r["phase"]): r for r in cohort.summary(con, flt)}
+
+
+def t_bounds(mean: float, sd: float, n: int, t: float) -> tuple[float, float]:
+    half = t * sd / math.sqrt(n)
+    return mean - half, mean + half
+
+
+def test_summary_has_one_row_per_instrument_and_phase(cohort_db):
+    assert list(results(cohort_db)) == [
+        ("PHQ-9", p) for p in ("dosing", "integration", "follow-up", "latest")
+    ]
+
+
+def test_dosing_completers_counts_means_and_t_interval(cohort_db):
+    r = results(cohort_db)[("PHQ-9", "dosing")]
+    assert (r["patients_with_baseline"], r["completers"], r["itt"]) == (4, 3, 3)
+    assert r["mean_baseline"] == pytest.approx(50 / 3)
+    assert r["mean_endpoint"] == pytest.approx(28 / 3)
+    # changes -6, -14, -2: mean -7.3333, sd 6.1101, t(0.975, 2) = 4.3027
+    m = r["mean_change"]
+    assert m["n"] == 3
+    assert m["mean"] == pytest.approx(-22 / 3)
+    assert m["sd"] == pytest.approx(math.sqrt(112 / 3))
+    assert (m["ci_low"], m["ci_high"]) == pytest.approx((-22.5116, 7.8450), abs=1e-4)
+    assert (m["ci_low"], m["ci_high"]) == pytest.approx(t_bounds(-22 / 3, math.sqrt(112 / 3), 3, T975_DF2))
+    rates = r["rates"]["completers"]
+    assert {k: (v["k"], v["n"]) for k, v in rates.items()} == {
+        "response": (1, 3),  # B: 18 → 4
+        "remission": (1, 3),  # B: 4 < 5
+        "reliable_improvement": (2, 3),  # A -6, B -14
+        "reliable_deterioration": (0, 3),
+        "recovery": (1, 3),  # B: 18 → 4; A ends at 14, C at 10
+        "reliable_recovery": (1, 3),
+    }
+    # Wilson 1 of 3: 0.0615 to 0.7923
+    assert (rates["response"]["ci_low"], rates["response"]["ci_high"]) == pytest.approx(
+        (0.0615, 0.7923), abs=1e-4
+    )
+    assert rates["response"]["rate"] == pytest.approx(1 / 3)
+
+
+def test_integration_completers_wilson_for_one_of_two_and_t_interval_df1(cohort_db):
+    r = results(cohort_db)[("PHQ-9", "integration")]
+    assert (r["patients_with_baseline"], r["completers"]) == (4, 2)
+    # changes -14, -8: mean -11, sd 4.2426, t(0.975, 1) = 12.7062
+    m = r["mean_change"]
+    assert (m["n"], m["mean"]) == (2, pytest.approx(-11.0))
+    assert (m["ci_low"], m["ci_high"]) == pytest.approx((-49.1186, 27.1186), abs=1e-4)
+    rates = r["rates"]["completers"]
+    response = rates["response"]  # A 70% reduction, B 44%
+    assert (response["k"], response["n"], response["rate"]) == (1, 2, 0.5)
+    assert (response["ci_low"], response["ci_high"]) == pytest.approx((0.094531, 0.905469), abs=1e-6)
+    remission = rates["remission"]  # 0 of 2: 0 to 0.6576
+    assert (remission["k"], remission["n"], remission["ci_low"]) == (0, 2, 0.0)
+    assert remission["ci_high"] == pytest.approx(0.6576, abs=1e-4)
+
+
+def test_itt_carries_the_dropout_forward_and_excludes_the_never_dosed(cohort_db):
+    r = results(cohort_db)[("PHQ-9", "integration")]
+    assert r["itt"] == 3  # A, B and C (LOCF 10); not D (no session), not E (no baseline)
+    itt = r["itt_means"]
+    assert itt["mean_baseline"] == pytest.approx(50 / 3)
+    assert itt["mean_endpoint"] == pytest.approx(26 / 3)  # 6, 10, 10
+    # changes -14, -8, -2: mean -8, sd 6
+    assert (itt["mean_change"]["mean"], itt["mean_change"]["sd"]) == (pytest.approx(-8.0), pytest.approx(6.0))
+    assert (itt["mean_change"]["ci_low"], itt["mean_change"]["ci_high"]) == pytest.approx(
+        t_bounds(-8, 6, 3, T975_DF2)
+    )
+    assert (itt["mean_change"]["ci_low"], itt["mean_change"]["ci_high"]) == pytest.approx(
+        (-22.9048, 6.9048), abs=1e-4
+    )
+    rates = r["rates"]["itt"]
+    assert {k: (v["k"], v["n"]) for k, v in rates.items()} == {
+        "response": (1, 3),
+        "remission": (0, 3),
+        "reliable_improvement": (2, 3),
+        "reliable_deterioration": (0, 3),
+        "recovery": (1, 3),  # A: 20 → 6
+        "reliable_recovery": (1, 3),
+    }
+    assert (rates["response"]["ci_low"], rates["response"]["ci_high"]) == pytest.approx(
+        (0.0615, 0.7923), abs=1e-4
+    )
+
+
+def test_follow_up_has_no_completers_but_itt_uses_the_last_observation(cohort_db):
+    r = results(cohort_db)[("PHQ-9", "follow-up")]
+    assert (r["completers"], r["itt"]) == (0, 3)
+    assert r["mean_change"] == {"n": 0, "mean": None, "sd": None, "ci_low": None, "ci_high": None}
+    assert r["rates"]["completers"]["response"] == {
+        "k": 0,
+        "n": 0,
+        "rate": None,
+        "ci_low": None,
+        "ci_high": None,
+    }
+    assert r["itt_means"]["mean_endpoint"] == pytest.approx(26 / 3)
+    assert (r["rates"]["itt"]["response"]["k"], r["rates"]["itt"]["response"]["n"]) == (1, 3)
+
+
+def test_latest_completers_include_the_dropout(cohort_db):
+    r = results(cohort_db)[("PHQ-9", "latest")]
+    assert (r["completers"], r["itt"]) == (3, 3)
+    assert r["mean_change"]["mean"] == pytest.approx(-8.0)
+
+
+def test_cohort_filter_restricts_patients(cohort_db):
+    south = results(cohort_db, cohort.CohortFilter(clinics=["South"]))[("PHQ-9", "dosing")]
+    assert (south["patients_with_baseline"], south["completers"], south["itt"]) == (1, 1, 1)
+    assert south["mean_change"]["mean"] == pytest.approx(-2.0) and south["mean_change"]["ci_low"] is None
+    im = results(cohort_db, cohort.CohortFilter(routes=["IM"], providers=["Dr B"]))[("PHQ-9", "dosing")]
+    assert im["patients_with_baseline"] == 1 and im["mean_baseline"] == pytest.approx(18.0)
+    later = results(cohort_db, cohort.CohortFilter(start_from=dt.date(2025, 3, 2)))
+    assert later == {}
+    started = results(cohort_db, cohort.CohortFilter(start_to=dt.date(2025, 3, 1), conditions=["MDD"]))
+    assert started[("PHQ-9", "dosing")]["patients_with_baseline"] == 2  # A, B (D has no first session)
+
+
+def test_cohort_sql_is_parameterised(cohort_db):
+    with db.reader(cohort_db) as con:
+        ids = con.execute(
+            cohort.COHORT_SQL, cohort.CohortFilter(clinics=["North'; DROP TABLE scores; --"]).params()
+        )
+        assert ids.fetchall() == []
+        assert con.execute("SELECT count(*) FROM scores").fetchone() == (10,)
+
+
+def test_summary_document_is_json_with_definitions(cohort_db):
+    with db.reader(cohort_db) as con:
+        doc = cohort.summary_document(con)
+    text = json.dumps(doc)  # serialisable without help
+    back = json.loads(text)
+    assert set(back) == {"generated_at", "phases", "definitions", "results"}
+    assert back["phases"] == ["dosing", "integration", "follow-up", "latest"]
+    assert back["definitions"]["settings"]["integration_window_days"] == 84
+    phq = [i for i in back["definitions"]["instruments"] if i["code"] == "PHQ-9"][0]
+    assert phq == {
+        "code": "PHQ-9",
+        "n_items": 9,
+        "item_max": 3,
+        "total_max": 27,
+        "caseness": 10,
+        "response_pct": 50,
+        "remission_below": 5,
+        "reliable_change": 6,
+        "safety_items": [9],
+    }
+    assert len(back["results"]) == 4

@@ -1,0 +1,912 @@
+"""Import: file formats, every validation rule (with its report and an unchanged database), re-import,
+quarantine, batches and undo."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from kapdata import db, ingest
+from tests.conftest import (
+    PATIENTS_HEADER,
+    SCORES_HEADER,
+    SESSIONS_HEADER,
+    TODAY,
+    csv_lines,
+    errors_text,
+    load,
+    query,
+    sessions_rows,
+    snapshot,
+    write_text,
+)
+
+
+def rejected(db_file: Path, *files: Path, today: dt.date = TODAY) -> ingest.LoadResult:
+    """Load expecting rejection; asserts the database did not change and returns the result."""
+    before = snapshot(db_file)
+    with pytest.raises(ingest.ImportRejected) as info:
+        load(db_file, *files, today=today)
+    assert snapshot(db_file) == before
+    return info.value.result
+
+
+def only_error(result: ingest.LoadResult) -> ingest.Problem:
+    assert len(result.errors) == 1, errors_text(result)
+    return result.errors[0]
+
+
+def scores_file(
+    tmp_path: Path, rows: list[tuple], name: str = "scores.csv", header: str = SCORES_HEADER
+) -> Path:
+    return write_text(tmp_path / name, csv_lines(header, rows))
+
+
+def phq9_items_header() -> str:
+    return SCORES_HEADER + "," + ",".join(f"item_{n}" for n in range(1, 10))
+
+
+# ------------------------------------------------------------------------------------------ formats
+
+
+def test_bom_crlf_header_case_and_spacing_and_instrument_aliases(tmp_path, db_file):
+    text = (
+        " Patient_ID , INSTRUMENT,Assessed On ,Total\n"
+        "P1,phq9,2025-01-05,12\n"
+        "P1,PHQ 9,2025-02-05,8\n"
+        "P1,Phq_9,2025-03-05,7\n"
+        "P1,gad-7,2025-01-05,10\n"
+        "P1,pcl5,2025-01-05,40\n"
+    )
+    f = write_text(tmp_path / "scores.csv", text, bom=True, crlf=True)
+    result = load(db_file, f)
+    assert result.committed
+    assert result.files[0].kind == "scores"
+    assert result.files[0].rows_loaded == 5
+    rows = query(
+        db_file, "SELECT patient_id, instrument, CAST(assessed_on AS VARCHAR), total FROM scores ORDER BY ALL"
+    )
+    assert rows == [
+        ("P1", "GAD-7", "2025-01-05", 10),
+        ("P1", "PCL-5", "2025-01-05", 40),
+        ("P1", "PHQ-9", "2025-01-05", 12),
+        ("P1", "PHQ-9", "2025-02-05", 8),
+        ("P1", "PHQ-9", "2025-03-05", 7),
+    ]
+
+
+def test_crlf_patients_file_with_bom_loads_trimmed_values_and_aliases(tmp_path, db_file):
+    text = (
+        "PATIENT_ID,Clinic ,Provider,Age_Band,Sex,Primary_Condition,Route\n"
+        "P1, North ,Dr A,25-34,F,ptsd,intravenous\n"
+    )
+    f = write_text(tmp_path / "patients.csv", text, bom=True, crlf=True)
+    load(db_file, f)
+    assert query(
+        db_file,
+        "SELECT patient_id, clinic, provider, age_band, sex, primary_condition, route, "
+        "attributes_known FROM patients",
+    ) == [("P1", "North", "Dr A", "25-34", "female", "PTSD", "IV", True)]
+
+
+def test_parquet_input_loads_and_reports_rows_from_1(tmp_path, db_file):
+    frame = pd.DataFrame(
+        {
+            "Patient_ID": ["P1", "P1", "P2"],
+            "Instrument": ["PHQ-9", "GAD-7", "PHQ-9"],
+            "assessed_on": [dt.date(2025, 1, 5), dt.date(2025, 1, 5), dt.date(2025, 1, 6)],
+            "total": [12, 9, 11],
+        }
+    )
+    good = tmp_path / "scores.parquet"
+    frame.to_parquet(good, index=False)
+    result = load(db_file, good)
+    assert result.files[0].rows_loaded == 3
+    assert query(db_file, "SELECT count(*) FROM scores") == [(3,)]
+
+    bad = frame.assign(total=[12, 30, 11])
+    bad_path = tmp_path / "bad.parquet"
+    bad.to_parquet(bad_path, index=False)
+    res = rejected(db_file, bad_path)
+    assert errors_text(res) == [
+        "bad.parquet, row 2, column total: value '30': total out of range: GAD-7 totals are 0-21"
+    ]
+
+
+def test_xlsx_input_with_items_and_real_dates(tmp_path, db_file):
+    items = {f"item_{n}": [1, 0] for n in range(1, 10)}
+    frame = pd.DataFrame(
+        {
+            "patient_id": ["P1", "P2"],
+            "instrument": ["PHQ-9", "PHQ-9"],
+            "assessed_on": [pd.Timestamp("2025-01-05"), pd.Timestamp("2025-01-06 14:30")],
+            **items,
+        }
+    )
+    path = tmp_path / "scores.xlsx"
+    frame.to_excel(path, index=False, engine="openpyxl")
+    result = load(db_file, path)
+    assert result.files[0].rows_loaded == 2
+    rows = query(
+        db_file,
+        "SELECT patient_id, CAST(assessed_at AS VARCHAR), total, items FROM scores ORDER BY patient_id",
+    )
+    assert rows == [("P1", "2025-01-05 00:00:00", 9, [1] * 9), ("P2", "2025-01-06 14:30:00", 0, [0] * 9)]
+
+
+def test_xlsx_rows_are_numbered_like_the_spreadsheet(tmp_path, base_db):
+    frame = pd.DataFrame(
+        {
+            "patient_id": ["P1", "P2"],
+            "instrument": ["PHQ-9", "XYZ"],
+            "assessed_on": ["2025-01-05"] * 2,
+            "total": [3, 4],
+        }
+    )
+    path = tmp_path / "scores.xlsx"
+    frame.to_excel(path, index=False, engine="openpyxl")
+    problem = only_error(rejected(base_db, path))
+    assert (problem.file, problem.row, problem.column, problem.value) == (
+        "scores.xlsx",
+        3,
+        "instrument",
+        "XYZ",
+    )
+
+
+def test_items_only_file_computes_the_total(tmp_path, db_file):
+    header = "patient_id,instrument,assessed_on," + ",".join(f"item{n}" for n in range(1, 8))
+    f = write_text(
+        tmp_path / "gad.csv", csv_lines(header, [("P1", "GAD-7", "2025-01-05", 3, 3, 3, 2, 1, 0, 0)])
+    )
+    load(db_file, f)
+    assert query(db_file, "SELECT instrument, total, items FROM scores") == [
+        ("GAD-7", 12, [3, 3, 3, 2, 1, 0, 0])
+    ]
+
+
+def test_scores_of_different_lengths_in_one_file(tmp_path, db_file):
+    """A PCL-5 row and a GAD-7 row share item columns: the GAD-7 row leaves item_8.. empty."""
+    header = "patient_id,instrument,assessed_on,total," + ",".join(f"item_{n}" for n in range(1, 21))
+    pcl = ["P1", "PCL-5", "2025-01-05", 40] + [2] * 20
+    gad = ["P1", "GAD-7", "2025-01-05", 7] + [1] * 7 + [None] * 13
+    f = write_text(tmp_path / "scores.csv", csv_lines(header, [pcl, gad]))
+    load(db_file, f)
+    assert query(db_file, "SELECT instrument, total, len(items) FROM scores ORDER BY 1") == [
+        ("GAD-7", 7, 7),
+        ("PCL-5", 40, 20),
+    ]
+
+
+# ------------------------------------------------------------------------------- validation rules
+
+
+def test_unknown_instrument_is_rejected_with_file_row_column_value(tmp_path, base_db):
+    f = scores_file(tmp_path, [("P1", "PHQ-9", "2025-01-05", 10), ("P1", "BDI-II", "2025-01-05", 10)])
+    problem = only_error(rejected(base_db, f))
+    assert str(problem) == (
+        "scores.csv, row 3, column instrument: value 'BDI-II': "
+        "unknown instrument; expected one of PHQ-9, GAD-7, PCL-5"
+    )
+
+
+@pytest.mark.parametrize(
+    ("instrument", "n_items", "bad_item", "bad_value", "expected_range"),
+    [("PHQ-9", 9, 4, 4, "0-3"), ("GAD-7", 7, 7, -1, "0-3"), ("PCL-5", 20, 20, 5, "0-4")],
+)
+def test_item_out_of_range_is_rejected(
+    tmp_path, base_db, instrument, n_items, bad_item, bad_value, expected_range
+):
+    header = "patient_id,instrument,assessed_on," + ",".join(f"item_{n}" for n in range(1, n_items + 1))
+    values = [1] * n_items
+    values[bad_item - 1] = bad_value
+    f = scores_file(tmp_path, [("P1", instrument, "2025-01-05", *values)], header=header)
+    problem = only_error(rejected(base_db, f))
+    assert str(problem) == (
+        f"scores.csv, row 2, column item_{bad_item}: value '{bad_value}': "
+        f"item out of range: {instrument} items are {expected_range}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("instrument", "total", "expected"),
+    [("PHQ-9", 28, "0-27"), ("GAD-7", 22, "0-21"), ("PCL-5", 81, "0-80"), ("PHQ-9", -1, "0-27")],
+)
+def test_total_out_of_range_is_rejected(tmp_path, base_db, instrument, total, expected):
+    f = scores_file(tmp_path, [("P1", instrument, "2025-01-05", total)])
+    problem = only_error(rejected(base_db, f))
+    assert str(problem) == (
+        f"scores.csv, row 2, column total: value '{total}': "
+        f"total out of range: {instrument} totals are {expected}"
+    )
+
+
+def test_huge_numbers_are_reported_not_crashed_on(tmp_path, base_db):
+    """Values beyond SMALLINT used to raise a DuckDB conversion error instead of a report."""
+    f = scores_file(tmp_path, [("P1", "PHQ-9", "2025-01-05", 99999)])
+    problem = only_error(rejected(base_db, f))
+    assert problem.reason == "total out of range: PHQ-9 totals are 0-27"
+    header = SESSIONS_HEADER + ",bp_sys_pre,dissociation"
+    s = write_text(
+        tmp_path / "sessions.csv", csv_lines(header, [("B1", "2025-03-08", "IV", 35, 99999, 1e12)])
+    )
+    res = rejected(base_db, s)
+    assert [(p.row, p.column, p.value) for p in res.errors] == [
+        (2, "bp_sys_pre", "99999"),
+        (2, "dissociation", "1000000000000.0"),
+    ]
+    items = scores_file(
+        tmp_path,
+        [("P1", "PHQ-9", "2025-01-05", 5, 99999, 0, 0, 0, 0, 0, 0, 0, 0)],
+        header=phq9_items_header(),
+    )
+    res = rejected(base_db, items)
+    assert [(p.column, p.reason) for p in res.errors] == [
+        ("item_1", "item out of range: PHQ-9 items are 0-3"),
+        ("total", "total 5 is not the sum of the items (99999)"),
+    ]
+
+
+def test_not_a_whole_number(tmp_path, base_db):
+    f = scores_file(tmp_path, [("P1", "PHQ-9", "2025-01-05", "10.5"), ("P1", "GAD-7", "2025-01-05", "ten")])
+    res = rejected(base_db, f)
+    assert errors_text(res) == [
+        "scores.csv, row 2, column total: value '10.5': not a whole number",
+        "scores.csv, row 3, column total: value 'ten': not a whole number",
+    ]
+
+
+def test_total_not_the_sum_of_items_is_rejected(tmp_path, base_db):
+    f = scores_file(
+        tmp_path, [("P1", "PHQ-9", "2025-01-05", 12, 1, 1, 1, 1, 1, 1, 1, 1, 3)], header=phq9_items_header()
+    )
+    problem = only_error(rejected(base_db, f))
+    assert (
+        str(problem)
+        == "scores.csv, row 2, column total: value '12': total 12 is not the sum of the items (11)"
+    )
+
+
+def test_total_equal_to_the_sum_of_items_is_accepted(tmp_path, base_db):
+    f = scores_file(
+        tmp_path, [("P1", "PHQ-9", "2025-01-05", 11, 1, 1, 1, 1, 1, 1, 1, 1, 3)], header=phq9_items_header()
+    )
+    load(base_db, f)
+    assert query(base_db, "SELECT total, items FROM scores WHERE patient_id = 'P1'") == [(11, [1] * 8 + [3])]
+
+
+def test_incomplete_items_are_rejected(tmp_path, base_db):
+    f = scores_file(
+        tmp_path,
+        [("P1", "PHQ-9", "2025-01-05", None, 1, 1, 1, None, 1, 1, 1, 1, 1)],
+        header=phq9_items_header(),
+    )
+    problem = only_error(rejected(base_db, f))
+    assert (problem.row, problem.column) == (2, "items")
+    assert "8 of 9 PHQ-9 items given" in problem.reason
+    assert "first missing: item_4" in problem.reason
+
+
+def test_items_beyond_the_instrument_must_be_empty(tmp_path, base_db):
+    header = "patient_id,instrument,assessed_on," + ",".join(f"item_{n}" for n in range(1, 9))
+    f = scores_file(tmp_path, [("P1", "GAD-7", "2025-01-05", 1, 1, 1, 1, 1, 1, 1, 2)], header=header)
+    problem = only_error(rejected(base_db, f))
+    assert (
+        str(problem) == "scores.csv, row 2, column item_8: value '2': GAD-7 has 7 items: item_8 must be empty"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "header", "row", "missing"),
+    [
+        ("scores.csv", "patient_id,instrument,total", ("P1", "PHQ-9", 10), "assessed_on"),
+        ("scores.csv", "patient_id,assessed_on,total", ("P1", "2025-01-05", 10), "instrument"),
+        ("scores.csv", "instrument,assessed_on,total", ("PHQ-9", "2025-01-05", 10), "patient_id"),
+        (
+            "scores.csv",
+            "patient_id,instrument,assessed_on",
+            ("P1", "PHQ-9", "2025-01-05"),
+            "total (or item_1 … item_N)",
+        ),
+        ("sessions.csv", "session_date,dose_mg", ("2025-01-05", 35), "patient_id"),
+    ],
+)
+def test_missing_required_column_is_rejected(tmp_path, base_db, name, header, row, missing):
+    f = write_text(tmp_path / name, csv_lines(header, [row]))
+    problem = only_error(rejected(base_db, f))
+    kind = "scores" if name == "scores.csv" else "sessions"
+    assert str(problem) == f"{name}, column {missing}: missing required column for a {kind} file"
+    assert problem.row is None and problem.value is None
+
+
+def test_file_of_unknown_kind_is_rejected(tmp_path, base_db):
+    f = write_text(tmp_path / "other.csv", "a,b\n1,2\n")
+    problem = only_error(rejected(base_db, f))
+    assert problem.file == "other.csv" and "cannot tell what kind of file this is" in problem.reason
+
+
+@pytest.mark.parametrize(
+    "value", ["2025-13-01", "2025-02-30", "05/01/2025", "yesterday", "2025-01-05T25:00", "2025-01-05-05"]
+)
+def test_unparseable_score_date_is_rejected(tmp_path, base_db, value):
+    f = scores_file(tmp_path, [("P1", "PHQ-9", value, 10)])
+    problem = only_error(rejected(base_db, f))
+    assert str(problem) == (
+        f"scores.csv, row 2, column assessed_on: value '{value}': not a date: expected YYYY-MM-DD or an ISO "
+        "date-time such as 2026-06-01T09:30:00+01:00"
+    )
+
+
+def test_missing_score_date_is_rejected(tmp_path, base_db):
+    f = scores_file(tmp_path, [("P1", "PHQ-9", "", 10)])
+    problem = only_error(rejected(base_db, f))
+    assert (problem.row, problem.column, problem.value, problem.reason) == (
+        2,
+        "assessed_on",
+        None,
+        "assessed_on is required",
+    )
+
+
+def test_future_dates_are_rejected(tmp_path, base_db):
+    f = scores_file(
+        tmp_path, [("P1", "PHQ-9", "2025-06-02T08:00:00+02:00", 10), ("P1", "GAD-7", "2025-06-01", 5)]
+    )
+    problem = only_error(rejected(base_db, f, today=dt.date(2025, 6, 1)))
+    assert str(problem) == (
+        "scores.csv, row 2, column assessed_on: value '2025-06-02T08:00:00+02:00': "
+        "date is in the future (today is 2025-06-01)"
+    )
+    s = write_text(tmp_path / "sessions.csv", csv_lines(SESSIONS_HEADER, sessions_rows("B1", ["2025-06-02"])))
+    problem = only_error(rejected(base_db, s, today=dt.date(2025, 6, 1)))
+    assert str(problem) == (
+        "sessions.csv, row 2, column session_date: value '2025-06-02': "
+        "date is in the future (today is 2025-06-01)"
+    )
+
+
+def test_real_today_is_the_default_for_future_dates(tmp_path, base_db):
+    tomorrow = (dt.date.today() + dt.timedelta(days=1)).isoformat()
+    f = scores_file(tmp_path, [("P1", "PHQ-9", tomorrow, 10)])
+    before = snapshot(base_db)
+    with pytest.raises(ingest.ImportRejected) as info:
+        ingest.load_files([f], base_db)
+    assert snapshot(base_db) == before
+    assert "date is in the future" in only_error(info.value.result).reason
+
+
+def test_unparseable_session_date_is_rejected(tmp_path, base_db):
+    s = write_text(
+        tmp_path / "sessions.csv", csv_lines(SESSIONS_HEADER, sessions_rows("B1", ["2025-03-08", "March 9"]))
+    )
+    problem = only_error(rejected(base_db, s))
+    assert (problem.file, problem.row, problem.column, problem.value) == (
+        "sessions.csv",
+        3,
+        "session_date",
+        "March 9",
+    )
+    assert problem.reason.startswith("not a date")
+
+
+def test_duplicate_score_with_different_value_in_file_is_rejected(tmp_path, base_db):
+    f = scores_file(
+        tmp_path,
+        [
+            ("P1", "PHQ-9", "2025-01-05", 10),
+            ("P1", "GAD-7", "2025-01-05", 8),
+            ("P1", "phq9", "2025-01-05", 11),
+        ],
+    )
+    res = rejected(base_db, f)
+    assert errors_text(res) == [
+        "scores.csv, row 2, column assessed_on: value '2025-01-05': duplicate score for the same patient, "
+        "instrument and time with different values; see row(s) 4",
+        "scores.csv, row 4, column assessed_on: value '2025-01-05': duplicate score for the same patient, "
+        "instrument and time with different values; see row(s) 2",
+    ]
+
+
+def test_duplicate_score_identical_in_file_loads_once(tmp_path, db_file):
+    f = scores_file(tmp_path, [("P1", "PHQ-9", "2025-01-05", 10), ("P1", "PHQ 9", "2025-01-05", 10)])
+    res = load(db_file, f)
+    assert (res.files[0].rows_loaded, res.files[0].rows_already_present) == (1, 1)
+    assert query(db_file, "SELECT count(*) FROM scores") == [(1,)]
+
+
+def test_duplicate_score_with_different_value_against_database_is_rejected(tmp_path, base_db):
+    f = scores_file(tmp_path, [("B1", "PHQ-9", "2025-02-20", 17)])
+    problem = only_error(rejected(base_db, f))
+    assert str(problem) == (
+        "scores.csv, row 2, column assessed_on: value '2025-02-20': a score for the same patient, "
+        "instrument and time is already in the database (batch 3) with different values; "
+        "undo that batch first to replace it"
+    )
+
+
+def test_same_day_different_time_is_not_a_duplicate(tmp_path, base_db):
+    f = scores_file(tmp_path, [("B1", "PHQ-9", "2025-02-20T18:00", 17)])
+    load(base_db, f)
+    assert query(base_db, "SELECT count(*) FROM scores WHERE assessed_on = DATE '2025-02-20'") == [(2,)]
+
+
+def test_duplicate_session_with_different_values_is_rejected(tmp_path, base_db):
+    s = write_text(tmp_path / "sessions.csv", csv_lines(SESSIONS_HEADER, [("B1", "2025-03-01", "IM", 35)]))
+    problem = only_error(rejected(base_db, s))
+    assert (problem.row, problem.column, problem.value) == (2, "session_date", "2025-03-01")
+    assert "already in the database (batch 2)" in problem.reason
+
+
+def test_patient_with_other_attributes_than_in_database_is_rejected(tmp_path, base_db):
+    p = write_text(
+        tmp_path / "patients.csv",
+        csv_lines(PATIENTS_HEADER, [("B1", "South", "Dr A", "25-34", "female", "MDD", "IV")]),
+    )
+    problem = only_error(rejected(base_db, p))
+    assert str(problem) == (
+        "patients.csv, row 2, column patient_id: value 'B1': patient already in the database (batch 1) with "
+        "other attributes (clinic North); undo that batch first to replace it"
+    )
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "reason"),
+    [
+        ("age_band", "30-39", "unknown age band; expected one of 18-24, 25-34, 35-44, 45-54, 55-64, 65+"),
+        ("sex", "x", "unknown sex; expected one of female, male, other, unknown"),
+        ("primary_condition", "OCD", "unknown condition; expected one of PTSD, MDD, GAD, other"),
+        ("route", "rectal", "unknown route; expected one of IV, IM, SL, IN, oral"),
+        ("patient_id", "has space", "patient_id must be 1-64 characters of letters, digits, '-' or '_'"),
+    ],
+)
+def test_patient_attribute_values_are_validated(tmp_path, base_db, column, value, reason):
+    row = {
+        "patient_id": "P9",
+        "clinic": "North",
+        "provider": "Dr A",
+        "age_band": "35-44",
+        "sex": "male",
+        "primary_condition": "GAD",
+        "route": "IM",
+    }
+    row[column] = value
+    p = write_text(tmp_path / "patients.csv", csv_lines(PATIENTS_HEADER, [tuple(row.values())]))
+    problem = only_error(rejected(base_db, p))
+    assert str(problem) == f"patients.csv, row 2, column {column}: value '{value}': {reason}"
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "reason"),
+    [
+        ("dissociation", "25", "dissociation (CADSS-6 total) must be between 0 and 24"),
+        (
+            "side_effects",
+            "nausea;itching",
+            "unknown side effect; use ';' between any of nausea, vomiting, "
+            "dizziness, headache, hypertension, anxiety, sedation, other",
+        ),
+        ("route", "rectal", "unknown route; expected one of IV, IM, SL, IN, oral"),
+        ("dose_mg", "-1", "dose_mg must be between 0 and 2000"),
+    ],
+)
+def test_session_values_are_validated(tmp_path, base_db, column, value, reason):
+    header = "patient_id,session_date,route,dose_mg,dissociation,side_effects"
+    row = {
+        "patient_id": "B1",
+        "session_date": "2025-03-08",
+        "route": "IV",
+        "dose_mg": "35",
+        "dissociation": "7",
+        "side_effects": "nausea; Dizziness",
+    }
+    row[column] = value
+    s = write_text(tmp_path / "sessions.csv", csv_lines(header, [tuple(row.values())]))
+    problem = only_error(rejected(base_db, s))
+    assert str(problem) == f"sessions.csv, row 2, column {column}: value '{value}': {reason}"
+
+
+def test_session_values_are_stored_normalised(tmp_path, db_file):
+    header = (
+        "patient_id,session_date,route,dose_mg,dose_mg_per_kg,bp_sys_pre,bp_dia_pre,bp_sys_post,bp_dia_post,"
+        "dissociation,side_effects"
+    )
+    s = write_text(
+        tmp_path / "sessions.csv",
+        csv_lines(
+            header,
+            [("P1", "2025-03-08", "sublingual", 200, 2.5, 130, 85, 150, "95.0", 12, "Nausea; dizziness;")],
+        ),
+    )
+    load(db_file, s)
+    assert query(db_file, "SELECT * EXCLUDE (batch_id) FROM sessions") == [
+        ("P1", dt.date(2025, 3, 8), "SL", 200.0, 2.5, 130, 85, 150, 95, 12, "nausea;dizziness")
+    ]
+
+
+def test_unknown_patient_is_created_with_unknown_attributes_and_reported_as_info(tmp_path, db_file):
+    f = scores_file(tmp_path, [("P2", "PHQ-9", "2025-01-05", 10), ("P1", "PHQ-9", "2025-01-05", 10)])
+    res = load(db_file, f)
+    assert res.errors == []
+    infos = [p for p in res.problems if p.severity == "info"]
+    assert [str(p) for p in infos] == [
+        "scores.csv, column patient_id: 2 patient(s) are in no patients file; "
+        "created with unknown attributes: P1, P2"
+    ]
+    assert res.files[0].new_patients == 2
+    assert query(db_file, "SELECT * FROM patients ORDER BY patient_id") == [
+        ("P1", None, None, None, None, None, None, False, 1, None),
+        ("P2", None, None, None, None, None, None, False, 1, None),
+    ]
+    # A later patients file fills the attributes in.
+    p = write_text(
+        tmp_path / "patients.csv",
+        csv_lines(PATIENTS_HEADER, [("P1", "North", "Dr A", "25-34", "female", "MDD", "IV")]),
+    )
+    res = load(db_file, p)
+    assert res.files[0].rows_loaded == 1
+    assert query(db_file, "SELECT * FROM patients WHERE patient_id = 'P1'") == [
+        ("P1", "North", "Dr A", "25-34", "female", "MDD", "IV", True, 1, 2)
+    ]
+
+
+def test_patients_named_in_the_same_call_are_not_unknown(tmp_path, db_file):
+    """Files load patients → sessions → scores whatever order they are given in."""
+    sc = scores_file(tmp_path, [("P1", "PHQ-9", "2025-01-05", 10)])
+    p = write_text(
+        tmp_path / "patients.csv",
+        csv_lines(PATIENTS_HEADER, [("P1", "North", "Dr A", "25-34", "female", "MDD", "IV")]),
+    )
+    res = load(db_file, sc, p)
+    assert [p.severity for p in res.problems] == []
+    assert query(db_file, "SELECT patient_id, attributes_known FROM patients") == [("P1", True)]
+
+
+@pytest.mark.parametrize(
+    ("column", "what"),
+    [
+        ("Name", "a name"),
+        ("first name", "a name"),
+        ("Patient_Name", "a name"),
+        ("DOB", "a birth date"),
+        ("Date of Birth", "a birth date"),
+        ("birth_date", "a birth date"),
+        ("Address", "an address"),
+        ("zip code", "an address"),
+        ("Phone", "a phone number"),
+        ("mobile_number", "a phone number"),
+        ("Email", "an e-mail address"),
+        ("e-mail", "an e-mail address"),
+        ("SSN", "a national identity number"),
+        ("MRN", "a medical record number"),
+        ("medical record number", "a medical record number"),
+    ],
+)
+def test_identifier_columns_are_refused(tmp_path, base_db, column, what):
+    f = write_text(
+        tmp_path / "scores.csv",
+        f"patient_id,instrument,assessed_on,total,{column}\nP1,PHQ-9,2025-01-05,10,x\n",
+    )
+    problem = only_error(rejected(base_db, f))
+    assert str(problem) == (
+        f"scores.csv, row 1, column {column}: column looks like {what}, a direct identifier: the data must "
+        "arrive anonymized (remove the column and load again)"
+    )
+
+
+def test_identifier_column_is_refused_even_when_empty_and_in_quarantine_mode(tmp_path, base_db):
+    f = write_text(tmp_path / "patients.csv", "patient_id,clinic,email\nP5,North,\n")
+    before = snapshot(base_db)
+    with pytest.raises(ingest.ImportRejected):
+        load(base_db, f, on_error="quarantine")
+    assert snapshot(base_db) == before
+
+
+def test_one_bad_row_rejects_every_file_of_the_call(tmp_path, base_db):
+    p = write_text(
+        tmp_path / "patients.csv",
+        csv_lines(PATIENTS_HEADER, [("P1", "North", "Dr A", "25-34", "female", "MDD", "IV")]),
+    )
+    s = write_text(tmp_path / "sessions.csv", csv_lines(SESSIONS_HEADER, sessions_rows("P1", ["2025-03-01"])))
+    sc = scores_file(tmp_path, [("P1", "PHQ-9", "2025-01-05", 10), ("P1", "PHQ-9", "2025-02-05", 30)])
+    res = rejected(base_db, p, s, sc)
+    assert errors_text(res) == [
+        "scores.csv, row 3, column total: value '30': total out of range: PHQ-9 totals are 0-27"
+    ]
+    assert not res.committed
+
+
+def test_reject_into_a_new_database_leaves_no_data(tmp_path, db_file):
+    sc = scores_file(tmp_path, [("P1", "PHQ-9", "2025-01-05", 30)])
+    with pytest.raises(ingest.ImportRejected) as info:
+        load(db_file, sc)
+    assert "import rejected, the database is unchanged" in str(info.value)
+    snap = snapshot(db_file)
+    assert all(snap[t] == [] for t in ("patients", "sessions", "scores", "batches"))
+
+
+def test_unreadable_and_missing_files_are_rejected(tmp_path, base_db):
+    empty = write_text(tmp_path / "empty.csv", "")
+    problem = only_error(rejected(base_db, empty))
+    assert (problem.file, problem.reason) == ("empty.csv", "the file is empty")
+    problem = only_error(rejected(base_db, tmp_path / "nope.csv"))
+    assert (problem.file, problem.reason) == ("nope.csv", "file not found")
+    other = write_text(tmp_path / "scores.json", "{}")
+    assert "unsupported file type" in only_error(rejected(base_db, other)).reason
+    broken = write_text(tmp_path / "broken.xlsx", "not a workbook")
+    assert only_error(rejected(base_db, broken)).reason.startswith("cannot be read as xlsx")
+
+
+def test_dry_run_reports_and_changes_nothing(tmp_path, base_db):
+    sc = scores_file(tmp_path, [("P1", "PHQ-9", "2025-01-05", 10), ("P1", "PHQ-9", "2025-02-05", 30)])
+    before = snapshot(base_db)
+    res = ingest.load_files([sc], base_db, dry_run=True, today=TODAY)
+    assert len(res.errors) == 1 and not res.committed
+    assert snapshot(base_db) == before
+
+
+# --------------------------------------------------------------------------------------- re-import
+
+
+def test_identical_reimport_of_a_whole_file_is_a_no_op(tmp_path, base_db):
+    before = snapshot(base_db)
+    res = load(base_db, tmp_path / "base_scores.csv")
+    assert res.files[0].identical_to_batch == 3
+    assert res.files[0].batch_id is None
+    assert (
+        res.files[0].summary()
+        == "base_scores.csv: identical to batch 3, already loaded; nothing to do (2 rows)"
+    )
+    assert snapshot(base_db) == before
+
+
+def test_identical_reimport_of_rows_is_a_no_op(tmp_path, base_db):
+    sc = scores_file(tmp_path, [("B1", "PHQ-9", "2025-02-20", 18), ("B1", "PHQ-9", "2025-05-10", 7)])
+    p = write_text(
+        tmp_path / "patients.csv",
+        csv_lines(PATIENTS_HEADER, [("B1", "North", "Dr A", "25-34", "female", "MDD", "IV")]),
+    )
+    s = write_text(
+        tmp_path / "sessions.csv",
+        csv_lines(SESSIONS_HEADER, sessions_rows("B1", ["2025-03-01", "2025-03-15"])),
+    )
+    res = load(base_db, sc, p, s)
+    counts = {
+        f.file: (f.rows_read, f.rows_loaded, f.rows_already_present, f.rows_rejected) for f in res.files
+    }
+    assert counts == {"scores.csv": (2, 1, 1, 0), "patients.csv": (1, 0, 1, 0), "sessions.csv": (2, 1, 1, 0)}
+    assert query(base_db, "SELECT count(*) FROM scores") == [(3,)]
+    assert query(base_db, "SELECT count(*) FROM sessions") == [(3,)]
+    assert query(base_db, "SELECT count(*) FROM patients") == [(1,)]
+
+
+# -------------------------------------------------------------------------------------- quarantine
+
+
+def test_quarantine_loads_good_rows_and_writes_rejects_with_reasons(tmp_path, base_db):
+    sc = scores_file(
+        tmp_path,
+        [
+            ("P1", "PHQ-9", "2025-01-05", 10),
+            ("P1", "XYZ", "2025-01-05", 10),
+            ("P1", "GAD-7", "2025-01-05", 10),
+            ("P2", "PHQ-9", "2025-13-01", 99),
+        ],
+    )
+    rejects = tmp_path / "out" / "rejects.csv"
+    res = load(base_db, sc, on_error="quarantine", rejects=rejects)
+    assert res.committed
+    f = res.files[0]
+    assert (f.rows_read, f.rows_loaded, f.rows_rejected) == (4, 2, 2)
+    assert f.rejects_path == rejects
+    assert query(
+        base_db, "SELECT patient_id, instrument FROM scores WHERE batch_id = ? ORDER BY 2", [f.batch_id]
+    ) == [
+        ("P1", "GAD-7"),
+        ("P1", "PHQ-9"),
+    ]
+    out = pd.read_csv(rejects, dtype=str, keep_default_na=False)
+    assert list(out.columns) == ["patient_id", "instrument", "assessed_on", "total", "_row", "_errors"]
+    assert out.to_dict(orient="records") == [
+        {
+            "patient_id": "P1",
+            "instrument": "XYZ",
+            "assessed_on": "2025-01-05",
+            "total": "10",
+            "_row": "3",
+            "_errors": "instrument: unknown instrument; expected one of PHQ-9, GAD-7, PCL-5",
+        },
+        {
+            "patient_id": "P2",
+            "instrument": "PHQ-9",
+            "assessed_on": "2025-13-01",
+            "total": "99",
+            "_row": "5",
+            "_errors": "assessed_on: not a date: expected YYYY-MM-DD or an ISO date-time such as "
+            "2026-06-01T09:30:00+01:00; total: total out of range: PHQ-9 totals are 0-27",
+        },
+    ]
+    assert query(
+        base_db,
+        "SELECT rows_read, rows_loaded, rows_rejected, on_error FROM batches WHERE batch_id = ?",
+        [f.batch_id],
+    ) == [(4, 2, 2, "quarantine")]
+
+
+def test_quarantine_default_rejects_file_sits_beside_the_input(tmp_path, base_db):
+    sc = scores_file(tmp_path, [("P1", "PHQ-9", "2025-01-05", 10), ("P1", "PHQ-9", "2025-01-06", 28)])
+    res = load(base_db, sc, on_error="quarantine")
+    assert res.files[0].rejects_path == tmp_path / "scores.rejects.csv"
+    assert (tmp_path / "scores.rejects.csv").exists()
+
+
+def test_quarantine_with_only_good_rows_writes_no_rejects(tmp_path, base_db):
+    sc = scores_file(tmp_path, [("P1", "PHQ-9", "2025-01-05", 10)])
+    res = load(base_db, sc, on_error="quarantine")
+    assert res.files[0].rejects_path is None
+    assert not (tmp_path / "scores.rejects.csv").exists()
+
+
+def test_on_error_must_be_known(tmp_path, db_file):
+    with pytest.raises(ValueError):
+        ingest.load_files([], db_file, on_error="ignore")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------ batches, undo
+
+
+def test_every_file_is_one_batch_with_counts_and_hash(tmp_path, base_db):
+    with db.reader(base_db) as con:
+        batches = ingest.list_batches(con)
+    assert [
+        (b["batch_id"], b["file_name"], b["kind"], b["rows_read"], b["rows_loaded"], b["rows_rejected"])
+        for b in batches
+    ] == [
+        (1, "base_patients.csv", "patients", 1, 1, 0),
+        (2, "base_sessions.csv", "sessions", 2, 2, 0),
+        (3, "base_scores.csv", "scores", 2, 2, 0),
+    ]
+    assert batches[2]["sha256"] == ingest.sha256_of(tmp_path / "base_scores.csv")
+    assert all(isinstance(b["loaded_at"], dt.datetime) and b["undone_at"] is None for b in batches)
+
+
+def test_undo_removes_exactly_that_batch(tmp_path, base_db):
+    sc1 = scores_file(
+        tmp_path, [("B1", "GAD-7", "2025-02-20", 12), ("B1", "PHQ-9", "2025-05-01", 6)], name="one.csv"
+    )
+    sc2 = scores_file(
+        tmp_path, [("B1", "PHQ-9", "2025-05-01", 6), ("B1", "PCL-5", "2025-02-20", 50)], name="two.csv"
+    )
+    load(base_db, sc1)
+    before = snapshot(base_db)
+    load(base_db, sc2)
+    counts = ingest.undo_batch(5, base_db)
+    assert counts["scores"] == 1  # the PHQ-9 row of two.csv was already present: it belongs to batch 4
+    after = snapshot(base_db)
+    assert after["scores"] == before["scores"]
+    assert after["patients"] == before["patients"] and after["sessions"] == before["sessions"]
+    assert [b[0] for b in after["batches"] if b[-1] is not None] == [5]
+    with pytest.raises(ingest.UndoError, match="already undone"):
+        ingest.undo_batch(5, base_db)
+    with pytest.raises(ingest.UndoError, match="no batch 99"):
+        ingest.undo_batch(99, base_db)
+
+
+def test_undone_file_can_be_loaded_again(tmp_path, base_db):
+    ingest.undo_batch(3, base_db)
+    assert query(base_db, "SELECT count(*) FROM scores") == [(0,)]
+    res = load(base_db, tmp_path / "base_scores.csv")
+    assert res.files[0].identical_to_batch is None and res.files[0].rows_loaded == 2
+
+
+def test_undo_patients_batch_still_referenced_keeps_patients_with_unknown_attributes(tmp_path, base_db):
+    before_scores = snapshot(base_db)["scores"]
+    counts = ingest.undo_batch(1, base_db)
+    assert counts["patients_kept"] == 1 and counts["patients"] == 0
+    assert query(
+        base_db,
+        "SELECT patient_id, clinic, provider, age_band, sex, primary_condition, route, "
+        "attributes_known, attributes_batch_id FROM patients",
+    ) == [("B1", None, None, None, None, None, None, False, None)]
+    assert snapshot(base_db)["scores"] == before_scores
+    # Undoing what still used the patient removes the patient too.
+    ingest.undo_batch(2, base_db)
+    assert query(base_db, "SELECT count(*) FROM patients") == [(1,)]
+    ingest.undo_batch(3, base_db)
+    assert query(base_db, "SELECT count(*) FROM patients") == [(0,)]
+
+
+def test_undo_patients_batch_not_referenced_removes_patients(tmp_path, db_file):
+    p = write_text(
+        tmp_path / "patients.csv",
+        csv_lines(PATIENTS_HEADER, [("P1", "North", "Dr A", "25-34", "female", "MDD", "IV")]),
+    )
+    load(db_file, p)
+    counts = ingest.undo_batch(1, db_file)
+    assert counts["patients"] == 1
+    assert query(db_file, "SELECT count(*) FROM patients") == [(0,)]
+
+
+def test_undo_scores_batch_keeps_patient_whose_attributes_came_from_a_patients_file(tmp_path, db_file):
+    """Scores first (patient created unknown), then the patients file: undoing the scores keeps them."""
+    sc = scores_file(tmp_path, [("P1", "PHQ-9", "2025-01-05", 10)])
+    p = write_text(
+        tmp_path / "patients.csv",
+        csv_lines(PATIENTS_HEADER, [("P1", "North", "Dr A", "25-34", "female", "MDD", "IV")]),
+    )
+    load(db_file, sc)
+    load(db_file, p)
+    ingest.undo_batch(1, db_file)
+    assert query(
+        db_file, "SELECT patient_id, clinic, attributes_known, batch_id, attributes_batch_id FROM patients"
+    ) == [("P1", "North", True, 2, 2)]
+    ingest.undo_batch(2, db_file)
+    assert query(db_file, "SELECT count(*) FROM patients") == [(0,)]
+
+
+def test_undo_patients_batch_that_filled_in_attributes_resets_them(tmp_path, db_file):
+    sc = scores_file(tmp_path, [("P1", "PHQ-9", "2025-01-05", 10)])
+    p = write_text(
+        tmp_path / "patients.csv",
+        csv_lines(PATIENTS_HEADER, [("P1", "North", "Dr A", "25-34", "female", "MDD", "IV")]),
+    )
+    load(db_file, sc)
+    load(db_file, p)
+    counts = ingest.undo_batch(2, db_file)
+    assert counts["patients_reset"] == 1
+    assert query(db_file, "SELECT * FROM patients") == [
+        ("P1", None, None, None, None, None, None, False, 1, None)
+    ]
+
+
+def test_load_bumps_data_version_and_undo_too(tmp_path, base_db):
+    v0 = snapshot(base_db)["data_version"]
+    ingest.undo_batch(3, base_db)
+    assert int(snapshot(base_db)["data_version"]) == int(v0) + 1
+
+
+def test_one_connection_can_load_and_undo_several_times(tmp_path, db_file):
+    a = scores_file(tmp_path, [("P1", "PHQ-9", "2025-01-05", 10)], name="a.csv")
+    b = scores_file(tmp_path, [("P1", "PHQ-9", "2025-01-06", 9)], name="b.csv")
+    c = scores_file(tmp_path, [("P1", "PHQ-9", "2025-01-07", 30)], name="c.csv")
+    with db.session(db_file) as con:
+        assert ingest.load_with_connection(con, [a], today=TODAY).committed
+        with pytest.raises(ingest.ImportRejected):
+            ingest.load_with_connection(con, [c], today=TODAY)
+        assert ingest.load_with_connection(con, [b], today=TODAY).committed
+        ingest.undo_with_connection(con, 1)
+        assert ingest.load_with_connection(con, [a], today=TODAY).committed
+        assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE temporary").fetchone() == (0,)
+        assert con.execute("SELECT CAST(assessed_on AS VARCHAR) FROM scores ORDER BY 1").fetchall() == [
+            ("2025-01-05",),
+            ("2025-01-06",),
+        ]
+
+
+def test_the_same_file_twice_in_one_call_loads_once(tmp_path, db_file):
+    sc = scores_file(tmp_path, [("P1", "PHQ-9", "2025-01-05", 10)])
+    copy = write_text(tmp_path / "copy.csv", sc.read_text())
+    res = load(db_file, sc, copy)
+    assert [f.batch_id for f in res.files] == [1, None]
+    assert res.files[1].identical_to_batch == 1
+    assert res.files[1].summary() == "copy.csv: identical to batch 1, already loaded; nothing to do (1 rows)"
+    assert query(db_file, "SELECT count(*) FROM batches") == [(1,)]
+
+
+def test_quarantine_of_several_files_names_one_rejects_file_each(tmp_path, base_db):
+    a = scores_file(
+        tmp_path, [("P1", "PHQ-9", "2025-01-05", 10), ("P1", "PHQ-9", "2025-01-06", 28)], name="a.csv"
+    )
+    s = write_text(
+        tmp_path / "s.csv",
+        csv_lines(SESSIONS_HEADER, [("B1", "2025-03-08", "IV", 35), ("B1", "2025-03-09", "XX", 1)]),
+    )
+    res = load(base_db, a, s, on_error="quarantine", rejects=tmp_path / "rej.csv")
+    assert {f.file: f.rejects_path for f in res.files} == {
+        "a.csv": tmp_path / "rej-a.csv",
+        "s.csv": tmp_path / "rej-s.csv",
+    }
+    assert pd.read_csv(tmp_path / "rej-s.csv")["_row"].tolist() == [3]
+    assert {f.file: (f.rows_loaded, f.rows_rejected) for f in res.files} == {"a.csv": (1, 1), "s.csv": (1, 1)}
