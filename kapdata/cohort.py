@@ -78,24 +78,20 @@ _SUMMARY_SQL = f"""
         FROM outcomes o JOIN cohort USING (patient_id) LEFT JOIN patient_dosing d USING (patient_id)
         WHERE o.baseline IS NOT NULL
     ),
-    itt AS (
-        SELECT o.*, o.locf_endpoint - o.baseline AS itt_change
+    -- Recovery rates count only patients who started in the clinical range (NHS Talking Therapies).
+    itt_flags AS (
+        SELECT instrument, phase, phase_order, baseline, locf_endpoint AS endpoint, itt_change AS change,
+               itt_flags.response, itt_flags.remission, itt_flags.reliable_improvement,
+               itt_flags.reliable_deterioration,
+               CASE WHEN baseline_clinical THEN itt_flags.recovery END AS recovery,
+               CASE WHEN baseline_clinical THEN itt_flags.reliable_recovery END AS reliable_recovery
         FROM o WHERE dosed
     ),
-    itt_flags AS (
-        SELECT itt.instrument, itt.phase, itt.phase_order, itt.baseline, itt.locf_endpoint AS endpoint,
-               itt_change AS change,
-               CASE WHEN baseline > 0 THEN (baseline - locf_endpoint) * 100 >= i.response_pct * baseline END
-                   AS response,
-               locf_endpoint < i.remission_below AS remission,
-               itt_change <= -i.reliable_change AS reliable_improvement,
-               itt_change >= i.reliable_change AS reliable_deterioration,
-               baseline >= i.caseness AND locf_endpoint < i.caseness AS recovery,
-               baseline >= i.caseness AND locf_endpoint < i.caseness AND itt_change <= -i.reliable_change
-                   AS reliable_recovery
-        FROM itt JOIN instruments i ON i.code = itt.instrument
+    completers AS (
+        SELECT * REPLACE (CASE WHEN baseline_clinical THEN recovery END AS recovery,
+                          CASE WHEN baseline_clinical THEN reliable_recovery END AS reliable_recovery)
+        FROM o WHERE endpoint IS NOT NULL
     ),
-    completers AS (SELECT * FROM o WHERE endpoint IS NOT NULL),
     agg_c AS ({_agg("completers", "c_")}),
     agg_i AS ({_agg("itt_flags", "i_")}),
     base AS (SELECT instrument, phase, phase_order, count(*) AS with_baseline FROM o GROUP BY ALL)

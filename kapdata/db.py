@@ -145,6 +145,19 @@ VIEWS_SQL: tuple[str, ...] = (
     FROM scores_phased GROUP BY patient_id, instrument""",
     # One row per patient x instrument x endpoint phase, with every per-patient outcome (DESIGN §5).
     # locf_endpoint carries the last observation forward (baseline included) for intention-to-treat.
+    # The outcome rules of DESIGN §5, written once: baseline b, endpoint e, and the instrument's
+    # thresholds. Used for completers (the phase endpoint) and for intention-to-treat (LOCF endpoint).
+    # NULL (undefined) where an end is missing, or for % rules when the baseline is 0.
+    """CREATE OR REPLACE MACRO kap_outcome_flags(b, e, caseness, response_pct, remission_below, rc) AS
+    struct_pack(
+        response := CASE WHEN b > 0 AND e IS NOT NULL THEN (b - e) * 100 >= response_pct * b END,
+        remission := e < remission_below,
+        reliable_improvement := e - b <= -rc,
+        reliable_deterioration := e - b >= rc,
+        recovery := CASE WHEN b IS NOT NULL AND e IS NOT NULL THEN b >= caseness AND e < caseness END,
+        reliable_recovery := CASE WHEN b IS NOT NULL AND e IS NOT NULL
+                                  THEN b >= caseness AND e < caseness AND e - b <= -rc END
+    )""",
     """CREATE OR REPLACE VIEW outcomes AS
     WITH grid AS (
         SELECT p.patient_id, p.instrument, p.baseline, p.baseline_on, ph.phase, ph.ord,
@@ -160,23 +173,25 @@ VIEWS_SQL: tuple[str, ...] = (
         FROM score_points p
         CROSS JOIN (VALUES ('dosing', 1), ('integration', 2), ('follow-up', 3), ('latest', 4))
              AS ph(phase, ord)
+    ),
+    flagged AS (
+        SELECT g.*, i.caseness,
+               kap_outcome_flags(g.baseline, g.endpoint, i.caseness, i.response_pct, i.remission_below,
+                                 i.reliable_change) AS f,
+               kap_outcome_flags(g.baseline, g.locf_endpoint, i.caseness, i.response_pct, i.remission_below,
+                                 i.reliable_change) AS itt
+        FROM grid g JOIN instruments i ON i.code = g.instrument
     )
-    SELECT g.patient_id, g.instrument, g.phase, g.ord AS phase_order, g.baseline, g.baseline_on,
-           g.endpoint, g.endpoint_on, g.locf_endpoint,
-           g.endpoint - g.baseline AS change,
-           CASE WHEN g.baseline > 0 THEN 100.0 * (g.endpoint - g.baseline) / g.baseline END AS pct_change,
-           CASE WHEN g.baseline > 0 AND g.endpoint IS NOT NULL
-                THEN (g.baseline - g.endpoint) * 100 >= i.response_pct * g.baseline END AS response,
-           g.endpoint < i.remission_below AS remission,
-           g.endpoint - g.baseline <= -i.reliable_change AS reliable_improvement,
-           g.endpoint - g.baseline >= i.reliable_change AS reliable_deterioration,
-           -- NULL (not false) when either end is missing: false AND NULL would be false.
-           CASE WHEN g.baseline IS NOT NULL AND g.endpoint IS NOT NULL
-                THEN g.baseline >= i.caseness AND g.endpoint < i.caseness END AS recovery,
-           CASE WHEN g.baseline IS NOT NULL AND g.endpoint IS NOT NULL
-                THEN g.baseline >= i.caseness AND g.endpoint < i.caseness
-                     AND g.endpoint - g.baseline <= -i.reliable_change END AS reliable_recovery
-    FROM grid g JOIN instruments i ON i.code = g.instrument""",
+    SELECT patient_id, instrument, phase, ord AS phase_order, baseline, baseline_on,
+           endpoint, endpoint_on, locf_endpoint,
+           endpoint - baseline AS change,
+           CASE WHEN baseline > 0 THEN 100.0 * (endpoint - baseline) / baseline END AS pct_change,
+           f.response, f.remission, f.reliable_improvement, f.reliable_deterioration, f.recovery,
+           f.reliable_recovery,
+           baseline >= caseness AS baseline_clinical,
+           locf_endpoint - baseline AS itt_change,
+           itt AS itt_flags
+    FROM flagged""",
 )
 
 

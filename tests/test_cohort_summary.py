@@ -222,3 +222,37 @@ def test_summary_document_is_json_with_definitions(cohort_db):
         "safety_items": [9],
     }
     assert len(back["results"]) == 4
+
+
+def test_recovery_rates_count_only_patients_who_started_in_the_clinical_range(tmp_path: Path) -> None:
+    # F starts below caseness (8 -> 3): per patient recovery is false, but the recovery rate leaves F out,
+    # as NHS Talking Therapies does; G starts in range (16 -> 4) and recovers reliably.
+    patients = [
+        ("F", "North", "Dr A", "25-34", "female", "MDD", "IV"),
+        ("G", "North", "Dr A", "25-34", "female", "MDD", "IV"),
+    ]
+    scores = [
+        ("F", "PHQ-9", "2025-02-20", 8),
+        ("F", "PHQ-9", "2025-03-15", 3),
+        ("G", "PHQ-9", "2025-02-20", 16),
+        ("G", "PHQ-9", "2025-03-15", 4),
+    ]
+    sessions = [r for pid in "FG" for r in sessions_rows(pid, ["2025-03-01", "2025-03-29"])]
+    db_file = tmp_path / "kap.duckdb"
+    load(
+        db_file,
+        write_text(tmp_path / "patients.csv", csv_lines(PATIENTS_HEADER, patients)),
+        write_text(tmp_path / "sessions.csv", csv_lines(SESSIONS_HEADER, sessions)),
+        write_text(tmp_path / "scores.csv", csv_lines(SCORES_HEADER, scores)),
+    )
+    row = results(db_file)[("PHQ-9", "dosing")]
+    for group in ("completers", "itt"):
+        rates = row["rates"][group]
+        assert (rates["recovery"]["k"], rates["recovery"]["n"]) == (1, 1)
+        assert (rates["reliable_recovery"]["k"], rates["reliable_recovery"]["n"]) == (1, 1)
+        assert (rates["remission"]["k"], rates["remission"]["n"]) == (2, 2)
+    with db.reader(db_file) as con:
+        flags = con.execute(
+            "SELECT patient_id, recovery FROM outcomes WHERE phase = 'dosing' ORDER BY patient_id"
+        ).fetchall()
+    assert flags == [("F", False), ("G", True)]
