@@ -354,8 +354,12 @@ def _parse_date_sql(column: str) -> str:
     """SQL giving the local timestamp of a date or date-time text (its offset ignored), NULL if bad."""
     time_text = f"regexp_extract({column}, '^.{{10}}[T ]([0-9:.]+)', 1)"
     # A time that is present but invalid (25:00) makes the whole value unparseable, not midnight.
+    # Fast path for the common plain date (YYYY-MM-DD); everything else goes through the full pattern.
     return (
-        f"CASE WHEN regexp_full_match({column}, {_lit(DATE_RE)}) THEN "
+        f"CASE WHEN length({column}) = 10 AND substr({column}, 5, 1) = '-' AND substr({column}, 8, 1) = '-' "
+        f"AND regexp_full_match({column}, '[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}') "
+        f"THEN CAST(try_cast({column} AS DATE) AS TIMESTAMP) "
+        f"WHEN regexp_full_match({column}, {_lit(DATE_RE)}) THEN "
         f"try_cast(left({column}, 10) AS DATE) + (CASE WHEN {time_text} = '' THEN TIME '00:00:00' "
         f"ELSE try_cast({time_text} AS TIME) END) END"
     )
@@ -383,6 +387,8 @@ class _Staged:
     item_numbers: list[int]
     bad_rows: set[int] = field(default_factory=set)
     clean_ready: bool = False  # the typed ``<table>_clean`` exists (and must be marked too)
+    marked: int = 0  # how many of bad_rows are already marked not ok in the tables
+    has_duplicate_keys: bool = True  # rows sharing a key in the file (identical ones collapse on insert)
 
 
 class Loader:
@@ -507,6 +513,16 @@ class Loader:
         ]
         sql = " UNION ALL ".join(selects) + " ORDER BY row_no, col"
         params = {"today": self.today} if "$today" in sql else None
+        # One scan answers "is anything wrong?"; the per-rule report runs only when something is.
+        probe = (
+            "SELECT count(*) FROM "
+            + st.table
+            + " WHERE "
+            + " OR ".join(f"coalesce({c.bad}, false)" for c in checks)
+        )
+        found = self.con.execute(probe, params).fetchone()
+        if not found or found[0] == 0:
+            return
         rows = self.con.execute(sql, params).fetchall()
         for row_no, col, value, reason in rows:
             self._problem(st.src, reason, row=int(row_no), column=col, value=value)
@@ -518,6 +534,9 @@ class Loader:
             st.bad_rows.add(int(row_no))
 
     def _mark_bad(self, st: _Staged) -> None:
+        if len(st.bad_rows) == st.marked:
+            return
+        st.marked = len(st.bad_rows)
         self.con.execute("CREATE OR REPLACE TEMP TABLE bad_rows (row_no BIGINT)")
         if st.bad_rows:
             self.con.executemany("INSERT INTO bad_rows VALUES (?)", [[r] for r in sorted(st.bad_rows)])
@@ -651,26 +670,53 @@ class Loader:
     def _parse_scores(self, st: _Staged) -> None:
         items = st.item_numbers
         cols = list(COLUMNS["scores"]) + [f"item_{n}" for n in items]
+        # Instrument spellings: the file has only a handful of distinct ones, so normalise those
+        # in Python (the registry's own rule) and join, instead of a regex on every row.
+        pos = st.columns.get("instrument")
+        spellings: list[str] = []
+        if pos is not None:
+            spellings = [
+                r[0]
+                for r in self.con.execute(
+                    f"SELECT DISTINCT nullif(trim(CAST(#{pos} AS VARCHAR)), '') FROM {st.raw}"
+                ).fetchall()
+                if r[0] is not None
+            ]
         self.con.execute(
             "CREATE OR REPLACE TEMP TABLE inst_keys "
-            "(key VARCHAR, code VARCHAR, n INTEGER, lo INTEGER, hi INTEGER)"
+            "(spelling VARCHAR, code VARCHAR, n INTEGER, lo INTEGER, hi INTEGER)"
         )
-        self.con.executemany(
-            "INSERT INTO inst_keys VALUES (?, ?, ?, ?, ?)",
-            [[i.key, i.code, i.n_items, i.item_min, i.item_max] for i in reg.INSTRUMENTS],
+        rows = []
+        for spelling in spellings:
+            inst = reg.lookup(spelling)
+            if inst is not None:
+                rows.append([spelling, inst.code, inst.n_items, inst.item_min, inst.item_max])
+        if rows:
+            self.con.executemany("INSERT INTO inst_keys VALUES (?, ?, ?, ?, ?)", rows)
+        # Each item's text is cast to a number once (inner query), then checked for being whole.
+        item_float = "".join(f", try_cast(item_{n} AS DOUBLE) AS item_{n}__f" for n in items)
+        item_parsed = "".join(
+            f", CASE WHEN item_{n}__f = round(item_{n}__f) THEN item_{n}__f END AS item_{n}__n" for n in items
         )
-        item_parsed = ", ".join(f"{_whole(f'item_{n}')} AS item_{n}__n" for n in items)
+        item_totals = ""
+        if items:
+            given = " + ".join(f"CAST(item_{n} IS NOT NULL AND {n} <= n_items AS INTEGER)" for n in items)
+            item_sum = " + ".join(
+                f"(CASE WHEN {n} <= n_items THEN coalesce(item_{n}__n, 0) ELSE 0 END)" for n in items
+            )
+            item_totals = f", {given} AS items_given, {item_sum} AS item_sum"
         self.con.execute(
             f"""CREATE TEMP TABLE {st.table} AS
-            SELECT s.*, true AS ok, k.code AS instrument__v, k.n AS n_items, k.lo AS item_lo, k.hi AS item_hi,
-                   k.n * k.lo AS total_lo, k.n * k.hi AS total_hi,
-                   {_parse_date_sql("assessed_on")} AS assessed_on__ts,
-                   CAST({_parse_date_sql("assessed_on")} AS DATE) AS assessed_on__d,
-                   {_whole("total")} AS total__n,
-                   {_alias_case("phase", PHASE_ALIASES)} AS phase__v
-                   {"," if items else ""} {item_parsed}
-            FROM (SELECT {self._select_text(st, cols)} FROM {st.raw}) s
-            LEFT JOIN inst_keys k ON k.key = upper(regexp_replace(s.instrument, '[^A-Za-z0-9]', '', 'g'))"""
+            SELECT *, CAST(assessed_on__ts AS DATE) AS assessed_on__d {item_totals}
+            FROM (
+                SELECT s.*, true AS ok, k.code AS instrument__v, k.n AS n_items, k.lo AS item_lo,
+                       k.hi AS item_hi, k.n * k.lo AS total_lo, k.n * k.hi AS total_hi,
+                       {_parse_date_sql("assessed_on")} AS assessed_on__ts,
+                       {_whole("total")} AS total__n,
+                       {_alias_case("phase", PHASE_ALIASES)} AS phase__v
+                       {item_parsed}
+                FROM (SELECT *{item_float} FROM (SELECT {self._select_text(st, cols)} FROM {st.raw})) s
+                LEFT JOIN inst_keys k ON k.spelling = s.instrument)"""
         )
         known = ", ".join(i.code for i in reg.INSTRUMENTS)
         checks = _common_checks() + [
@@ -711,15 +757,6 @@ class Loader:
                 ),
             ]
         if items:
-            given = " + ".join(
-                f"CAST({f'item_{n}'} IS NOT NULL AND {n} <= n_items AS INTEGER)" for n in items
-            )
-            item_sum = " + ".join(
-                f"(CASE WHEN {n} <= n_items THEN coalesce(item_{n}__n, 0) ELSE 0 END)" for n in items
-            )
-            self.con.execute(f"ALTER TABLE {st.table} ADD COLUMN items_given INTEGER")
-            self.con.execute(f"ALTER TABLE {st.table} ADD COLUMN item_sum DOUBLE")
-            self.con.execute(f"UPDATE {st.table} SET items_given = {given}, item_sum = {item_sum}")
             present = set(items)
             whens = []
             for n in range(1, reg.MAX_ITEMS + 1):
@@ -779,6 +816,14 @@ class Loader:
         or with a row already in ``table``. Identical rows are not conflicts (a re-import is a no-op)."""
         key = ", ".join(keys)
         if table is None:
+            probe_sql = (
+                f"SELECT count(*) FROM (SELECT 1 FROM {st.table}_clean WHERE ok "
+                f"GROUP BY {key} HAVING count(*) > 1)"
+            )
+            probe = self.con.execute(probe_sql).fetchone()
+            st.has_duplicate_keys = bool(probe and probe[0])
+            if not st.has_duplicate_keys:
+                return
             vals = ", ".join(values)
             sql = f"""WITH g AS (
                 SELECT {key}, list(row_no ORDER BY row_no) AS rows FROM {st.table}_clean
@@ -818,14 +863,19 @@ class Loader:
         else:
             keys = ["patient_id", "instrument", "assessed_at"]
         key = ", ".join(keys)
+        if st.has_duplicate_keys:
+            source = (
+                f"(SELECT *, row_number() OVER (PARTITION BY {key} ORDER BY row_no) AS dup_rank "
+                f"FROM {clean} WHERE ok) WHERE dup_rank = 1"
+            )
+            dropped = "row_no, ok, dup_rank"
+        else:
+            source, dropped = f"{clean} WHERE ok", "row_no, ok"
         self.con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE new_rows AS
-            SELECT * EXCLUDE (row_no, ok) FROM (
-                SELECT *, row_number() OVER (PARTITION BY {key} ORDER BY row_no) AS dup_rank
-                FROM {clean} WHERE ok) WHERE dup_rank = 1"""
+            f"CREATE OR REPLACE TEMP TABLE new_rows AS SELECT * EXCLUDE ({dropped}) FROM {source}"
         )
-        self.con.execute("ALTER TABLE new_rows DROP COLUMN dup_rank")
-        ok_row = self.con.execute(f"SELECT count(*) FROM {clean} WHERE ok").fetchone()
+        count_sql = f"SELECT count(*) FROM {clean} WHERE ok"
+        ok_row = self.con.execute(count_sql).fetchone()
         ok_rows = int(ok_row[0]) if ok_row else 0
         if kind == "patients":
             fill = self.con.execute(

@@ -329,7 +329,17 @@ def test_file_of_unknown_kind_is_rejected(tmp_path, base_db):
 
 
 @pytest.mark.parametrize(
-    "value", ["2025-13-01", "2025-02-30", "05/01/2025", "yesterday", "2025-01-05T25:00", "2025-01-05-05"]
+    "value",
+    [
+        "2025-13-01",
+        "2025-02-30",
+        "05/01/2025",
+        "2025/01/05",
+        "2025-1-05",
+        "yesterday",
+        "2025-01-05T25:00",
+        "2025-01-05-05",
+    ],
 )
 def test_unparseable_score_date_is_rejected(tmp_path, base_db, value):
     f = scores_file(tmp_path, [("P1", "PHQ-9", value, 10)])
