@@ -1,0 +1,236 @@
+"""Benchmark harness: python bench/run.py [--patients 1000,10000,50000] [--repeat 5].
+
+Generates cohorts with the sample generator (cached under bench/cache/), then reports the median and
+min-max of: generation; load of the three CSV files into a fresh DuckDB file; the full outcomes
+computation; each page's queries exactly as the page calls them; exports; and the peak memory (RSS) of a
+process that runs every page's queries. Two reference rows are measured in the same run: **floor** (DuckDB's
+bare scan of the scores) and **peer** (a straightforward pandas implementation of the per-patient outcomes).
+Prints a table and writes bench/results.json. Timings are never asserted in the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench import pages as page_queries  # noqa: E402
+from bench.peer import pandas_outcomes  # noqa: E402
+from kapdata import db, ingest, outcomes, sample  # noqa: E402
+
+#: Budgets at 50,000 patients (issue 7), seconds unless stated.
+BUDGETS: dict[str, float] = {
+    "load": 3.0,
+    "outcomes": 0.6,
+    "clinic outcomes (default filters)": 0.3,
+    "caseload": 0.2,
+    "patient view": 0.03,
+    "export long parquet": 1.5,
+    "export long csv": 3.0,
+}
+RSS_BUDGET_MB = 800.0
+PEER_RATIO_MIN = 5.0
+SCALING_MAX = 6.0
+
+
+def timed(fn: Callable[[], Any], repeat: int) -> dict[str, float]:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return {"median": statistics.median(times), "min": min(times), "max": max(times), "n": len(times)}
+
+
+def cohort_files(n: int, cache: Path) -> list[Path]:
+    folder = cache / f"cohort_{n}"
+    files = [folder / name for name in ("patients.csv", "sessions.csv", "scores.csv")]
+    if not all(f.exists() for f in files):
+        sample.write_sample(n, folder, seed=0)
+    return files
+
+
+def fresh_db(files: list[Path], folder: Path) -> Path:
+    path = folder / f"kap_{time.monotonic_ns()}.duckdb"
+    ingest.load_files(files, path)
+    return path
+
+
+def measure(n: int, repeat: int, cache: Path, work: Path) -> dict[str, Any]:
+    rows: dict[str, Any] = {}
+    files = cohort_files(n, cache)
+
+    gen_dir = work / "gen"
+    rows["generation"] = timed(lambda: sample.write_sample(n, gen_dir, seed=0), repeat)
+
+    def load_once() -> None:
+        path = fresh_db(files, work)
+        path.unlink()
+
+    rows["load"] = timed(load_once, repeat)
+    path = fresh_db(files, work)
+    with db.reader(path) as con:
+        counts = con.execute(
+            "SELECT (SELECT count(*) FROM patients), (SELECT count(*) FROM scores)"
+        ).fetchone()
+        assert counts is not None
+
+        def floor() -> None:
+            con.execute("SELECT instrument, count(*), sum(total) FROM scores GROUP BY instrument").fetchall()
+
+        rows["floor"] = timed(floor, repeat)
+        rows["outcomes"] = timed(lambda: outcomes.outcomes_frame(con), repeat)
+    rows["peer"] = timed(lambda: pandas_outcomes(*files), max(1, min(repeat, 3)))
+
+    for name, fn in page_queries.page_measurements(path):
+        rows[name] = timed(fn, repeat)
+    out_dir = work / "export"
+    for name, fn in page_queries.export_measurements(path, out_dir):
+        rows[name] = timed(fn, max(1, min(repeat, 3)))
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+    rows["peak RSS (MB), every page's queries"] = peak_rss(path)
+    result = {"patients": int(counts[0]), "scores": int(counts[1]), "rows": rows}
+    path.unlink(missing_ok=True)
+    return result
+
+
+def peak_rss(path: Path) -> dict[str, float]:
+    """Peak RSS of a fresh process that runs every page's queries once (as the app process would)."""
+    code = (
+        "import resource, sys; sys.path.insert(0, sys.argv[2]); from bench import pages; "
+        "from pathlib import Path; [fn() for _, fn in pages.page_measurements(Path(sys.argv[1]))]; "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path), str(ROOT)], check=True, capture_output=True, text=True
+    )
+    mb = float(out.stdout.strip().splitlines()[-1])
+    return {"median": mb, "min": mb, "max": mb, "n": 1}
+
+
+def ratios(result: dict[str, Any]) -> dict[str, float]:
+    rows = result["rows"]
+    floor = rows["floor"]["median"]
+    out: dict[str, float] = {}
+    for name in page_queries.PAGE_ROWS:
+        if name in rows and floor > 0:
+            out[f"{name} / floor"] = rows[name]["median"] / floor
+    if rows["outcomes"]["median"] > 0:
+        out["peer / outcomes"] = rows["peer"]["median"] / rows["outcomes"]["median"]
+    return out
+
+
+def verdicts(results: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Budgets at the largest size measured (they are stated for 50,000 patients) and linear growth."""
+    sizes = sorted(results)
+    largest = results[sizes[-1]]["rows"]
+    checks: list[dict[str, Any]] = []
+    for name, budget in BUDGETS.items():
+        if name in largest:
+            value = largest[name]["median"]
+            checks.append({"what": name, "value": value, "budget": budget, "ok": value <= budget})
+    rss = largest["peak RSS (MB), every page's queries"]["median"]
+    checks.append(
+        {"what": "peak RSS (MB)", "value": rss, "budget": RSS_BUDGET_MB, "ok": rss <= RSS_BUDGET_MB}
+    )
+    peer = ratios(results[sizes[-1]]).get("peer / outcomes", 0.0)
+    checks.append(
+        {"what": "outcomes vs pandas peer (×)", "value": peer, "budget": PEER_RATIO_MIN, "ok": peer >= 5}
+    )
+    if 10000 in results and 50000 in results:
+        small, big = results[10000]["rows"], results[50000]["rows"]
+        for name in big:
+            if name in small and small[name]["median"] > 0 and "RSS" not in name:
+                ratio = big[name]["median"] / small[name]["median"]
+                checks.append(
+                    {
+                        "what": f"{name}: 50k/10k",
+                        "value": ratio,
+                        "budget": SCALING_MAX,
+                        "ok": ratio <= SCALING_MAX,
+                    }
+                )
+    return checks
+
+
+def print_table(results: dict[int, dict[str, Any]]) -> None:
+    sizes = sorted(results)
+    names: list[str] = []
+    for n in sizes:
+        names += [k for k in results[n]["rows"] if k not in names]
+    head = f"{'what':<44}" + "".join(f"{f'{n:,} patients':>30}" for n in sizes)
+    print(head)
+    print("-" * len(head))
+    for name in names:
+        cells = []
+        for n in sizes:
+            r = results[n]["rows"].get(name)
+            if r is None:
+                cells.append(f"{'':>30}")
+            elif "RSS" in name:
+                cells.append(f"{r['median']:>20.0f} MB{'':>7}")
+            else:
+                cells.append(f"{r['median']:>10.4f} s ({r['min']:.4f}-{r['max']:.4f})")
+        print(f"{name:<44}" + "".join(f"{c:>30}" for c in cells))
+    for n in sizes:
+        print(f"\nratios at {n:,} patients ({results[n]['scores']:,} scores):")
+        for k, v in ratios(results[n]).items():
+            print(f"  {k:<50} {v:8.1f}×")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--patients", default="1000,10000,50000", help="comma-separated cohort sizes")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--cache", default=str(ROOT / "bench" / "cache"), help="where generated cohorts are kept")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
+    a = ap.parse_args(argv)
+    sizes = [int(x) for x in a.patients.split(",") if x.strip()]
+    cache = Path(a.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    results: dict[int, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="kapbench") as tmp:
+        for n in sizes:
+            print(f"measuring {n:,} patients ...", file=sys.stderr, flush=True)
+            results[n] = measure(n, a.repeat, cache, Path(tmp))
+            results[n]["ratios"] = ratios(results[n])
+    print_table(results)
+    checks = verdicts(results)
+    print("\nbudgets (at the largest size measured):")
+    for c in checks:
+        mark = "ok  " if c["ok"] else "MISS"
+        print(f"  {mark} {c['what']:<54} {c['value']:10.3f}   budget {c['budget']}")
+    doc = {
+        "created": dt.datetime.now().isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "repeat": a.repeat,
+        "results": {str(n): r for n, r in results.items()},
+        "budgets": checks,
+    }
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    print(f"\nwrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

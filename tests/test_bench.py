@@ -1,0 +1,41 @@
+"""The benchmark harness runs end to end on a tiny cohort, so it cannot rot. No timings are asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_harness_runs_on_a_tiny_cohort_and_writes_results(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "bench/run.py",
+            "--patients",
+            "200",
+            "--repeat",
+            "1",
+            "--cache",
+            str(tmp_path / "cache"),
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    rows = doc["results"]["200"]["rows"]
+    for name in ("generation", "load", "floor", "peer", "outcomes", "overview"):
+        assert rows[name]["n"] == 1 and rows[name]["median"] > 0, name
+    assert doc["results"]["200"]["patients"] == 200
+    assert "peer / outcomes" in doc["results"]["200"]["ratios"]
+    assert any(b["what"] == "load" for b in doc["budgets"])
+    assert "budgets (at the largest size measured)" in proc.stdout
