@@ -72,6 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, metavar="DIR")
 
+    p = sub.add_parser("settings", help="show or change the settings (integration window, thresholds, ...)")
+    _db_arg(p)
+    p.add_argument(
+        "assignments",
+        nargs="*",
+        metavar="NAME=VALUE",
+        help="e.g. integration_window_days=60 PHQ-9.response_pct=50 (none: show the settings)",
+    )
+    p.add_argument("--reset", action="store_true", help="put every setting back to its default")
+    p.add_argument("--json", action="store_true", help="show the settings as JSON")
+
     p = sub.add_parser("init", help="create the database and, if it is empty, load sample_data/")
     _db_arg(p)
     p.add_argument("--sample-dir", default=None, help="folder with the sample CSV files")
@@ -204,6 +215,29 @@ def cmd_sample(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_settings(a: argparse.Namespace) -> int:
+    from kapdata import settings as ks
+
+    if not a.assignments and not a.reset:
+        current = ks.load(a.db)
+        print(json.dumps(current.as_dict(), indent=2) if a.json else ks.describe(current))
+        return 0
+    if a.reset and a.assignments:
+        raise CliError("give NAME=VALUE settings or --reset, not both", 2)
+    if not db.db_path(a.db).exists():
+        raise CliError(f"no database at {db.db_path(a.db)}")
+    try:
+        if a.reset:
+            done = ks.reset(a.db)
+        else:
+            general, thresholds = ks.parse_assignments(a.assignments)
+            done = ks.update(a.db, general=general, thresholds=thresholds)
+    except ks.InvalidSettings as exc:
+        raise CliError("nothing saved: " + " ".join(str(p) for p in exc.problems), 2) from exc
+    print("\n".join(str(c) for c in done) if done else "nothing changed")
+    return 0
+
+
 def cmd_init(a: argparse.Namespace) -> int:
     from kapdata import bootstrap
 
@@ -219,6 +253,7 @@ COMMANDS = {
     "batches": cmd_batches,
     "undo": cmd_undo,
     "sample": cmd_sample,
+    "settings": cmd_settings,
     "init": cmd_init,
 }
 

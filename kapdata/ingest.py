@@ -251,12 +251,10 @@ def _read_raw(con: duckdb.DuckDBPyConnection, src: SourceFile, table: str) -> in
             import pandas as pd
 
             frame = pd.read_excel(src.path, dtype=str, engine="openpyxl")
-            frame = frame.astype(object).where(frame.notna(), None)
-            con.register("xlsx_frame", frame)
-            try:
-                con.execute("CREATE TEMP TABLE " + table + " AS SELECT * FROM xlsx_frame")
-            finally:
-                con.unregister("xlsx_frame")
+            xlsx_frame = frame.astype(object).where(frame.notna(), None)  # noqa: F841 - read by name below
+            # DuckDB's replacement scan finds the local frame by name; con.register() would fail while
+            # an earlier result on this connection is still open ("Resource In Use").
+            con.execute("CREATE TEMP TABLE " + table + " AS SELECT * FROM xlsx_frame")
             return 2
     except (duckdb.Error, ValueError, OSError) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -1063,6 +1061,7 @@ def load_with_connection(
             con.execute("ROLLBACK")
             for st in staged:
                 st.result.rows_rejected = len(st.bad_rows)
+                st.result.batch_id = None  # rolled back: no batch was recorded
             if (file_errors or (errors and on_error == "reject")) and not dry_run:
                 raise ImportRejected(result)
             return result

@@ -1,4 +1,6 @@
-"""Streamlit glue for the pages (one module per area; this one is shared): database location, first-run set-up, cached queries.
+"""Streamlit glue for the pages (one module per area; this one is shared).
+
+Database location, first-run set-up, cached queries, the shared sidebar filters.
 
 Kept apart from ``kapdata`` so that the core never imports Streamlit. Every query opens a short
 read-only connection (so the command line can write to the same file while the app runs) and its
@@ -20,6 +22,25 @@ from kapdata.cohort import CohortFilter
 FILTER_KEYS = ("f_start", "f_clinics", "f_providers", "f_routes", "f_conditions")
 
 
+def page_guard() -> None:
+    """Make every page run inside ``dashboard.py``'s navigation, even on a deep link.
+
+    Because the project has a ``pages/`` folder, a freshly started Streamlit server treats the folder as
+    a legacy multipage app until some session has called ``st.navigation``. A shared link such as
+    ``/patient_trends?patient=K00001`` opened first after a restart would then run the page on its own
+    (no page config, no navigation). Switching that legacy mode off and rerunning sends the session
+    through ``dashboard.py``, which routes to the same URL.
+    Called by ``initialise()``, every page's first call.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    # Once per session: a later run must never be rerun (it would lose a button click).
+    if PagesManager.uses_pages_directory and not st.session_state.get("_kap_routed"):
+        st.session_state["_kap_routed"] = True
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 def database_path() -> str:
     """``streamlit run dashboard.py -- --db PATH``, else ``$KAP_DB``, else ``data/kap.duckdb``."""
     argv = sys.argv[1:]
@@ -37,6 +58,8 @@ def _initialise(path: str) -> str:
 
 
 def initialise() -> str:
+    """Every page's first call: route through dashboard.py, make sure the database exists; its path."""
+    page_guard()
     path = database_path()
     _initialise(path)
     return path
@@ -92,20 +115,23 @@ def sidebar_filters(
             help="Patients whose first dosing session falls in this range. Patients who never dosed are "
             "left out when the range is narrowed.",
         )
-        if isinstance(value, tuple) and len(value) == 2:
-            if value != (opts.first_start, opts.last_start):
-                start_from, start_to = value
+        narrowed = (
+            isinstance(value, tuple) and len(value) == 2 and value != (opts.first_start, opts.last_start)
+        )
+        if narrowed:
+            start_from, start_to = value
     clinics = sb.multiselect("Clinic", opts.clinics, key="f_clinics") if "clinics" in fields else []
+    by_clinic = opts.providers_by_clinic
     provider_choices = (
-        sorted({p for c in clinics for p in opts.providers_by_clinic.get(c, [])}) if clinics else opts.providers
+        sorted({p for c in clinics for p in by_clinic.get(c, [])}) if clinics else opts.providers
     )
     providers = (
         sb.multiselect("Provider", provider_choices, key="f_providers") if "providers" in fields else []
     )
     routes = sb.multiselect("Route", opts.routes, key="f_routes") if "routes" in fields else []
-    conditions = (
-        sb.multiselect("Primary condition", opts.conditions, key="f_conditions") if "conditions" in fields else []
-    )
+    conditions = []
+    if "conditions" in fields:
+        conditions = sb.multiselect("Primary condition", opts.conditions, key="f_conditions")
     return CohortFilter(
         start_from=start_from,
         start_to=start_to,

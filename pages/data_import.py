@@ -1,6 +1,139 @@
-"""Data import (placeholder while the page is built; replaced by its issue's work)."""
+"""Data import: upload files, read the validation report, commit or cancel; import history with undo."""
 
 import streamlit as st
 
+import kapui
+from kapui import data
+
+path = kapui.initialise()
+limit = data.max_upload_mb()
+
 st.title("Data import")
-st.info("This page is being built.")
+st.caption(
+    "Load patients, dosing sessions and questionnaire scores, exactly as `python -m kapdata load` does. "
+    "Files are checked first; nothing reaches the database until you commit, and a commit is all or "
+    f"nothing. Database: `{path}`."
+)
+
+outcome = data.last_outcome()
+if outcome is not None:
+    (st.success if outcome.ok else st.error)(outcome.message)
+    for line in outcome.lines:
+        st.markdown(f"- {line}")
+    for name, content in outcome.rejects:
+        st.download_button(f"Download quarantined rows: {name}", content, file_name=name, mime="text/csv")
+    if outcome.report is not None:
+        st.dataframe(outcome.report, hide_index=True, width="stretch")
+
+files = st.file_uploader(
+    "Patients, sessions or scores files",
+    type=list(data.UPLOAD_TYPES),
+    accept_multiple_files=True,
+    key=data.uploader_key(),
+    help="Each file's kind is recognised by its columns: patient_id only → patients, session_date → "
+    "sessions, instrument / assessed_on / item_N → scores. Data must arrive anonymized.",
+)
+st.caption(
+    f"Up to {limit} MB per file (`server.maxUploadSize` in `.streamlit/config.toml`) · CSV (UTF-8, header "
+    "row), Parquet or Excel `.xlsx` (first sheet) · several files at once are one load, in one transaction."
+)
+
+if files:
+    v = data.validate_uploads(files, path)
+    if v.failure:
+        st.error(f"The files could not be checked: {v.failure}")
+        st.stop()
+    counts = data.counts_frame(v)
+    st.subheader("What the files hold")
+    total = data.totals(counts)
+    helps = {
+        "valid": "Rows that pass every check.",
+        "already present": "Identical rows already in the database: loading them again changes nothing.",
+        "new patients": "New rows of patients files, plus patients of sessions or scores files who are in no "
+        "patients file (created with unknown attributes, filled in when their patients file arrives).",
+    }
+    for col, (name, value) in zip(st.columns(len(total)), total.items(), strict=True):
+        col.metric(name.capitalize(), f"{value:,}", help=helps.get(name))
+    st.dataframe(counts, hide_index=True, width="stretch")
+
+    for src, taken in zip(v.sources, counts["taken as"], strict=False):
+        with st.expander(f"Preview: {src.name} (taken as {taken})"):
+            try:
+                st.dataframe(data.preview_frame(src), width="stretch")
+            except Exception as exc:  # the report says why the file cannot be read
+                st.caption(f"No preview: {exc}")
+
+    report = data.report_frame(v.result)
+    st.subheader("Validation report")
+    if v.errors:
+        rows_with_errors = len({(p.file, p.row) for p in v.errors})
+        st.error(
+            f"{len(v.errors):,} problem(s) in {rows_with_errors:,} row(s). As they are, these files would be "
+            "rejected and the database left unchanged."
+        )
+    else:
+        st.success("No errors: every row passes.")
+    if len(report):
+        st.dataframe(report, hide_index=True, width="stretch")
+        st.download_button(
+            "Download the report (CSV)",
+            data.report_csv(report),
+            file_name="validation-report.csv",
+            mime="text/csv",
+        )
+
+    quarantine = False
+    if v.refused:
+        st.warning(
+            "Refused as a whole: " + ", ".join(v.refused) + ". Fix these files and upload them again; "
+            "nothing can be loaded until then."
+        )
+    elif v.can_quarantine:
+        quarantine = st.checkbox(
+            "Load the valid rows and quarantine the rest",
+            key=f"import_quarantine_{v.token}",
+            help="The rejected rows, with their reasons, go to a file to download, correct and load again.",
+        )
+    elif not v.can_commit:
+        st.info("Nothing new to load: every row is already in the database.")
+    ready = v.can_commit or quarantine
+    if st.button("Commit to the database", type="primary", disabled=not ready, key="import_commit"):
+        with st.status("Loading…", expanded=True) as status:
+            bar = st.progress(0.0)
+
+            def show(fraction: float, text: str) -> None:
+                bar.progress(fraction, text=text)
+
+            result = data.commit(v, path, quarantine=quarantine, progress=show)
+            status.update(
+                label="Loaded" if result.ok else "Not loaded", state="complete" if result.ok else "error"
+            )
+        st.rerun()
+
+st.divider()
+st.subheader("History")
+st.caption(
+    "Every file loaded is a batch. Undo removes the batch's rows in one transaction; a patient created by "
+    "the batch who is still used by another batch stays, with unknown attributes."
+)
+history = data.batches(path, kapui.data_version(path))
+if history.empty:
+    st.info("No batches yet.")
+else:
+    st.dataframe(history, hide_index=True, width="stretch")
+    choices = data.undo_choices(history)
+    if choices:
+        with st.expander("Undo a batch"):
+            batch = st.selectbox("Batch", list(choices), format_func=choices.get, key=data.UNDO_CHOICE)
+            sure = st.checkbox(
+                f"Yes, remove {choices[batch]} from the database", key=f"undo_confirm_{batch}", value=False
+            )
+            if st.button("Undo batch", disabled=not sure, key="undo_go"):
+                try:
+                    st.session_state["undo_message"] = (True, data.undo(path, int(batch)))
+                except Exception as exc:  # an undo that fails has changed nothing (one transaction)
+                    st.session_state["undo_message"] = (False, f"Undo failed; nothing changed: {exc}")
+                st.rerun()
+if "undo_message" in st.session_state:
+    ok, text = st.session_state.pop("undo_message")
+    (st.success if ok else st.error)(text)

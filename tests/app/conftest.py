@@ -30,7 +30,8 @@ def app_env(app_db: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def counts(path: Path) -> dict[str, int]:
     with db.reader(path) as con:
         row = con.execute(
-            "SELECT (SELECT count(*) FROM patients), (SELECT count(*) FROM scores), (SELECT count(*) FROM sessions)"
+            "SELECT (SELECT count(*) FROM patients), (SELECT count(*) FROM scores), "
+            "(SELECT count(*) FROM sessions)"
         ).fetchone()
     assert row is not None
     return {"patients": row[0], "scores": row[1], "sessions": row[2]}

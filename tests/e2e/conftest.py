@@ -34,34 +34,40 @@ def e2e_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def app_url(e2e_db: Path) -> Iterator[str]:
+def start_streamlit(db_file: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """`streamlit run dashboard.py` on a free port against ``db_file``; returns the process and its URL."""
     port = _free_port()
-    env = dict(os.environ, KAP_DB=str(e2e_db))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "dashboard.py", "--server.port", str(port),
-         "--server.headless", "true", "--server.address", "127.0.0.1"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
+    env = dict(os.environ, KAP_DB=str(db_file))
+    cmd = [sys.executable, "-m", "streamlit", "run", "dashboard.py", "--server.port", str(port)]
+    cmd += ["--server.headless", "true", "--server.address", "127.0.0.1"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
                 if r.status == 200:
-                    break
+                    return proc, url
         except OSError:
             time.sleep(0.3)
-    else:
-        proc.kill()
-        out = proc.stdout.read().decode() if proc.stdout else ""
-        raise RuntimeError("streamlit did not start:\n" + out)
-    yield url
+    proc.kill()
+    out = proc.stdout.read().decode() if proc.stdout else ""
+    raise RuntimeError("streamlit did not start:\n" + out)
+
+
+def stop_streamlit(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     try:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+@pytest.fixture(scope="session")
+def app_url(e2e_db: Path) -> Iterator[str]:
+    proc, url = start_streamlit(e2e_db)
+    yield url
+    stop_streamlit(proc)
 
 
 @pytest.fixture(scope="session")
@@ -73,8 +79,15 @@ def browser() -> Iterator[object]:
     with sync_playwright() as p:
         b = p.chromium.launch(
             executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--disable-quic",
+            ],
         )
         yield b
         b.close()
