@@ -7,9 +7,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from kapdata import db
+from kapdata import export as ex
 from kapdata import overview as ov
 
-PAGE_ROWS: tuple[str, ...] = ("overview",)
+PAGE_ROWS: tuple[str, ...] = ("overview", "research export preview")
 
 
 def page_measurements(path: Path) -> Iterator[tuple[str, Callable[[], object]]]:
@@ -19,6 +20,21 @@ def page_measurements(path: Path) -> Iterator[tuple[str, Callable[[], object]]]:
 
     yield "overview", overview
 
+    def export_preview() -> object:
+        with db.reader(path) as con:
+            return ex.preview(con, ex.ExportSpec())
+
+    yield "research export preview", export_preview
+
 
 def export_measurements(path: Path, out_dir: Path) -> Iterator[tuple[str, Callable[[], object]]]:
-    return iter(())
+    def run(spec: ex.ExportSpec) -> Callable[[], object]:
+        def go() -> object:
+            with db.reader(path) as con:
+                return ex.write_dir(con, spec, out_dir)
+
+        return go
+
+    yield "export long csv", run(ex.ExportSpec())
+    yield "export long parquet", run(ex.ExportSpec(file_format="parquet"))
+    yield "export wide", run(ex.ExportSpec(shape="wide"))

@@ -15,7 +15,7 @@ from typing import Any
 
 import duckdb
 
-from kapdata import __version__, cohort, db, ingest, outcomes
+from kapdata import __version__, cohort, db, export, ingest, outcomes
 from kapdata import instruments as reg
 
 
@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("init", help="create the database and, if it is empty, load sample_data/")
     _db_arg(p)
     p.add_argument("--sample-dir", default=None, help="folder with the sample CSV files")
+    export.add_cli(sub)
     return parser
 
 
@@ -261,7 +262,8 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        handler = getattr(args, "handler", None)
+        return handler(args) if handler else COMMANDS[args.command](args)
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code

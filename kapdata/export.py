@@ -1,0 +1,1003 @@
+"""De-identified research exports (DESIGN §6): data, data dictionary and manifest. One implementation
+for the Research export page and ``python -m kapdata export``.
+
+- Patients are re-keyed ``P0001``… in an order drawn from a secret made for each export and never saved;
+  the mapping never leaves the database connection.
+- Dates become whole days from the patient's first dosing session (``day``) unless calendar dates are
+  asked for explicitly, which the manifest then records.
+- A k-anonymity report covers exactly the quasi-identifiers present in the data file.
+- CSV text cells that a spreadsheet would run as a formula get a leading ``'``.
+- Every clinical value comes from the views in ``db.VIEWS_SQL`` (``scores_phased``, ``outcomes``); the
+  thresholds and settings in force are written into the manifest.
+
+Shapes: ``long`` (one row per questionnaire), ``wide`` (one row per patient × scale), ``outcomes`` (the
+``python -m kapdata outcomes`` file, re-keyed) and ``sessions`` (one row per dosing session).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import hashlib
+import io
+import json
+import re
+import secrets
+import sys
+import zipfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+from kapdata import __version__, db, filters, ingest
+from kapdata import instruments as reg
+from kapdata.cohort import COHORT_SQL, CohortFilter
+from kapdata.outcomes import OUTCOME_COLUMNS
+
+SHAPES: tuple[str, ...] = ("long", "wide", "outcomes", "sessions")
+FORMATS: tuple[str, ...] = ("csv", "parquet")
+DATES: tuple[str, ...] = ("relative", "calendar")
+#: Patient characteristics that could single someone out in combination (DESIGN §6), in file order.
+QUASI_IDENTIFIERS: tuple[str, ...] = ("age_band", "sex", "clinic", "primary_condition", "route")
+#: A k-anonymity under this is reported as a warning.
+K_THRESHOLD = 5
+#: Text cells starting with one of these are neutralised in CSV (OWASP "CSV injection"; tab and CR too).
+FORMULA_PREFIXES: tuple[str, ...] = ("=", "+", "-", "@", "\t", "\r")
+DATA_FILES: dict[str, str] = {"csv": "data.csv", "parquet": "data.parquet"}
+DICTIONARY_FILE = "data_dictionary.csv"
+MANIFEST_FILE = "manifest.json"
+DICTIONARY_COLUMNS: tuple[str, ...] = (
+    "column",
+    "type",
+    "description",
+    "allowed_values_or_unit",
+    "source_or_loinc",
+)
+
+SHAPE_HELP: dict[str, str] = {
+    "long": "one row per questionnaire: patient, scale, phase, day, total (and item responses)",
+    "wide": "one row per patient × scale: baseline and each phase endpoint with day, change, response, "
+    "remission and reliable change",
+    "outcomes": "the `python -m kapdata outcomes` file, re-keyed: one row per patient × scale × endpoint "
+    "phase",
+    "sessions": "one row per dosing session: day, route, dose, blood pressure, dissociation, side effects",
+}
+_ENDPOINT_METRICS: tuple[str, ...] = (
+    "change",
+    "response",
+    "remission",
+    "reliable_improvement",
+    "reliable_deterioration",
+)
+_SESSION_COLUMNS: tuple[str, ...] = ingest.COLUMNS["sessions"][3:]  # dose_mg … side_effects
+
+
+class ExportError(ValueError):
+    """A bad export request (unknown scale, phase, shape, value or date): a usage error."""
+
+
+def phase_choices(shape: str) -> tuple[str, ...]:
+    """Phases a shape can be filtered by: score phases for ``long``; endpoint phases for ``wide`` and
+    ``outcomes`` (the baseline is always included); none for ``sessions``."""
+    if shape == "long":
+        return db.PHASES
+    if shape in ("wide", "outcomes"):
+        return db.ENDPOINT_PHASES
+    return ()
+
+
+def default_quasi_identifiers(shape: str) -> tuple[str, ...]:
+    """Every quasi-identifier, except in ``outcomes`` whose columns are those of the outcomes file."""
+    return () if shape == "outcomes" else QUASI_IDENTIFIERS
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """What to export. Empty tuples mean "all"; ``quasi_identifiers=None`` means the shape's default."""
+
+    cohort: CohortFilter = field(default_factory=CohortFilter)
+    instruments: tuple[str, ...] = ()
+    phases: tuple[str, ...] = ()
+    age_bands: tuple[str, ...] = ()
+    sexes: tuple[str, ...] = ()
+    min_scores: int = 0  # questionnaires of the chosen scales per patient, any phase
+    completers_only: bool = False  # baseline and a score in a chosen endpoint phase (any, if none chosen)
+    shape: str = "long"
+    file_format: str = "csv"
+    dates: str = "relative"
+    quasi_identifiers: tuple[str, ...] | None = None
+    items: bool = True  # item responses in the long shape
+
+    def checked(self) -> ExportSpec:
+        """The same request with names normalised (``phq9`` → ``PHQ-9``), or :class:`ExportError`."""
+        for value, allowed, what in (
+            (self.shape, SHAPES, "shape"),
+            (self.file_format, FORMATS, "format"),
+            (self.dates, DATES, "dates"),
+        ):
+            if value not in allowed:
+                raise ExportError(f"unknown {what} {value!r}; choose {', '.join(allowed)}")
+        codes = []
+        for name in self.instruments:
+            inst = reg.lookup(name)
+            if inst is None:
+                raise ExportError(f"unknown instrument {name!r}; known: {', '.join(reg.BY_CODE)}")
+            codes.append(inst.code)
+        phases = []
+        for name in self.phases:
+            phase = (
+                "latest"
+                if name.strip().lower() == "latest"
+                else ingest.PHASE_ALIASES.get(name.strip().lower())
+            )
+            if phase is None:
+                raise ExportError(f"unknown phase {name!r}; known: {', '.join((*db.PHASES, 'latest'))}")
+            if not phase_choices(self.shape):
+                raise ExportError(f"phases do not apply to the {self.shape} shape")
+            if phase not in phase_choices(self.shape):
+                allowed = ", ".join(phase_choices(self.shape))
+                raise ExportError(
+                    f"phase {phase!r} does not apply to the {self.shape} shape; choose {allowed}"
+                )
+            phases.append(phase)
+        qis = self.qis
+        for name in qis:
+            if name not in QUASI_IDENTIFIERS:
+                raise ExportError(f"unknown quasi-identifier {name!r}; known: {', '.join(QUASI_IDENTIFIERS)}")
+        if qis and self.shape == "outcomes":
+            raise ExportError("the outcomes shape has the outcomes file's columns: no quasi-identifiers")
+        if self.min_scores < 0:
+            raise ExportError("the minimum number of questionnaires cannot be negative")
+        c = self.cohort
+        if c.start_from and c.start_to and c.start_from > c.start_to:
+            raise ExportError(f"treatment start from {c.start_from} is after start to {c.start_to}")
+        return ExportSpec(
+            cohort=c,
+            instruments=tuple(dict.fromkeys(codes)),
+            phases=tuple(p for p in phase_choices(self.shape) if p in phases),
+            age_bands=tuple(self.age_bands),
+            sexes=tuple(self.sexes),
+            min_scores=int(self.min_scores),
+            completers_only=self.completers_only,
+            shape=self.shape,
+            file_format=self.file_format,
+            dates=self.dates,
+            quasi_identifiers=tuple(q for q in QUASI_IDENTIFIERS if q in qis),
+            items=self.items and self.shape == "long",
+        )
+
+    @property
+    def qis(self) -> tuple[str, ...]:
+        return (
+            default_quasi_identifiers(self.shape)
+            if self.quasi_identifiers is None
+            else self.quasi_identifiers
+        )
+
+    @property
+    def data_file(self) -> str:
+        return DATA_FILES[self.file_format]
+
+    def filters(self) -> dict[str, Any]:
+        """The request as the manifest records it."""
+        c = self.cohort
+        return {
+            "instruments": list(self.instruments) or "all",
+            "phases": list(self.phases) or "all",
+            "treatment_start_from": c.start_from.isoformat() if c.start_from else None,
+            "treatment_start_to": c.start_to.isoformat() if c.start_to else None,
+            "clinics": list(c.clinics) or "all",
+            "providers": list(c.providers) or "all",
+            "routes": list(c.routes) or "all",
+            "conditions": list(c.conditions) or "all",
+            "age_bands": list(self.age_bands) or "all",
+            "sexes": list(self.sexes) or "all",
+            "min_scores_per_patient": self.min_scores,
+            "completers_only": self.completers_only,
+        }
+
+    def params(self) -> dict[str, Any]:
+        endpoint = [p for p in self.phases if p in db.ENDPOINT_PHASES] or ["latest"]
+        return self.cohort.params() | {
+            "instruments": list(self.instruments),
+            "phases": list(self.phases),
+            "age_bands": list(self.age_bands),
+            "sexes": list(self.sexes),
+            "min_scores": self.min_scores,
+            "completers": self.completers_only,
+            "completer_phases": endpoint,
+            "codes": sorted(reg.BY_CODE),
+            "scale_filtered": bool(self.instruments) or self.min_scores > 0 or self.completers_only,
+        }
+
+
+# The patients and (patient, scale) pairs in the export. ``pairs``: the chosen scales, completers only if
+# asked (DESIGN §5: a baseline and a score in the phase, from the outcomes view); ``eligible``: patients
+# with enough questionnaires of the chosen scales, or every patient when no scale condition is set.
+_FILTER_SQL = f"""
+    cohort AS ({COHORT_SQL}),
+    pts AS (
+        SELECT p.* FROM patients p SEMI JOIN cohort USING (patient_id)
+        WHERE (len($age_bands) = 0 OR list_contains($age_bands, p.age_band))
+          AND (len($sexes) = 0 OR list_contains($sexes, p.sex))
+    ),
+    completed AS (
+        SELECT DISTINCT patient_id, instrument FROM outcomes
+        WHERE $completers AND baseline IS NOT NULL AND endpoint IS NOT NULL
+          AND list_contains($completer_phases, phase)
+    ),
+    pairs AS (
+        SELECT sp.patient_id, sp.instrument, sp.n_scores FROM score_points sp SEMI JOIN pts USING (patient_id)
+        WHERE (len($instruments) = 0 OR list_contains($instruments, sp.instrument))
+          AND (NOT $completers
+               OR (sp.patient_id, sp.instrument) IN (SELECT (patient_id, instrument) FROM completed))
+    ),
+    eligible AS (
+        SELECT patient_id FROM pts WHERE NOT $scale_filtered
+        UNION
+        SELECT patient_id FROM pairs GROUP BY patient_id HAVING sum(n_scores) >= $min_scores
+    )"""
+
+
+def _qi_sql(spec: ExportSpec, exclude: tuple[str, ...] = ()) -> str:
+    return "".join(f"p.{q}, " for q in spec.qis if q not in exclude)
+
+
+#: Rows are ordered by new patient key, then scale (alphabetically, as in the outcomes file), then time.
+#: Integer sort keys: sorting a million rows on text is twice as slow.
+_ORDER_S = "CAST(list_position($codes, s.instrument) AS INTEGER)"
+_ORDER_O = "CAST(list_position($codes, o.instrument) AS INTEGER)"
+
+
+def _long_sql(spec: ExportSpec) -> str:
+    dates = "s.assessed_on, " if spec.dates == "calendar" else ""
+    n_items = max((reg.BY_CODE[c].n_items for c in spec.instruments or reg.BY_CODE), default=0)
+    items = "".join(f", s.items[{i}] AS item_{i}" for i in range(1, n_items + 1)) if spec.items else ""
+    return f"""SELECT s.patient_id, {_qi_sql(spec)}s.instrument, s.phase, s.day, {dates}s.total{items},
+               {_ORDER_S} AS _s1, s.assessed_at AS _s2
+        FROM scores_phased s JOIN pairs USING (patient_id, instrument) SEMI JOIN eligible USING (patient_id)
+        JOIN patients p USING (patient_id)
+        WHERE len($phases) = 0 OR list_contains($phases, s.phase)"""
+
+
+def _wide_sql(spec: ExportSpec) -> str:
+    calendar = spec.dates == "calendar"
+    cols = [
+        "any_value(o.baseline) AS baseline",
+        "any_value(CAST(o.baseline_on - d.first_session AS INTEGER)) AS baseline_day",
+    ]
+    if calendar:
+        cols.append("any_value(o.baseline_on) AS baseline_on")
+    for phase in (p for p in db.ENDPOINT_PHASES if not spec.phases or p in spec.phases):
+        name = phase.replace("-", "_")
+        where = f" FILTER (WHERE o.phase = '{phase}')"
+        cols.append(f"any_value(o.endpoint){where} AS {name}")
+        cols.append(f"any_value(CAST(o.endpoint_on - d.first_session AS INTEGER)){where} AS {name}_day")
+        if calendar:
+            cols.append(f"any_value(o.endpoint_on){where} AS {name}_on")
+        cols.extend(f"any_value(o.{m}){where} AS {name}_{m}" for m in _ENDPOINT_METRICS)
+    qi = _qi_sql(spec)
+    return f"""SELECT o.patient_id, {qi}o.instrument, {", ".join(cols)},
+               {_ORDER_O} AS _s1, 0 AS _s2
+        FROM outcomes o JOIN pairs USING (patient_id, instrument) SEMI JOIN eligible USING (patient_id)
+        JOIN patients p USING (patient_id) LEFT JOIN patient_dosing d USING (patient_id)
+        GROUP BY ALL"""
+
+
+def _outcomes_sql(spec: ExportSpec) -> str:
+    cols = []
+    for col in OUTCOME_COLUMNS[1:]:
+        if col == "endpoint_on":
+            if spec.dates == "calendar":
+                cols.append("o.endpoint_on")
+            cols.append("CAST(o.endpoint_on - d.first_session AS INTEGER) AS endpoint_day")
+        elif col == "pct_change":
+            cols.append("round(o.pct_change, 6) AS pct_change")
+        else:
+            cols.append(f"o.{col}")
+    return f"""SELECT o.patient_id, {", ".join(cols)}, {_ORDER_O} AS _s1,
+               o.phase_order AS _s2
+        FROM outcomes o JOIN pairs USING (patient_id, instrument) SEMI JOIN eligible USING (patient_id)
+        LEFT JOIN patient_dosing d USING (patient_id)
+        WHERE len($phases) = 0 OR list_contains($phases, o.phase)"""
+
+
+def _sessions_sql(spec: ExportSpec) -> str:
+    dates = "s.session_date, " if spec.dates == "calendar" else ""
+    route = "s.route, " if "route" in spec.qis else ""
+    rest = ", ".join(f"s.{c}" for c in _SESSION_COLUMNS)
+    return f"""SELECT s.patient_id, {_qi_sql(spec, exclude=("route",))}
+               CAST(row_number() OVER (PARTITION BY s.patient_id ORDER BY s.session_date) AS INTEGER)
+                   AS session_number,
+               CAST(s.session_date - d.first_session AS INTEGER) AS day, {dates}{route}{rest},
+               s.session_date AS _s1, 0 AS _s2
+        FROM sessions s SEMI JOIN eligible USING (patient_id) JOIN patients p USING (patient_id)
+        JOIN patient_dosing d USING (patient_id)"""
+
+
+_SHAPE_SQL = {"long": _long_sql, "wide": _wide_sql, "outcomes": _outcomes_sql, "sessions": _sessions_sql}
+
+#: Re-keying: the rows of the temporary table ``export_rows`` (source IDs) with new keys P0001… in the
+#: order of a keyed hash of the source ID; the secret is made per export and never stored.
+_KEYED_SQL = """
+    WITH keys AS (
+        SELECT patient_id, row_number() OVER (ORDER BY sha256($secret || patient_id)) AS rn,
+               count(*) OVER () AS total
+        FROM export_patients
+    )
+    SELECT 'P' || lpad(CAST(k.rn AS VARCHAR),
+                       CAST(greatest(4, length(CAST(k.total AS VARCHAR))) AS INTEGER), '0') AS patient_id,
+           r.* EXCLUDE (patient_id, _s1, _s2)
+    FROM export_rows r JOIN keys k ON k.patient_id = r.patient_id
+    ORDER BY k.rn, r._s1, r._s2
+    LIMIT $limit
+"""
+
+
+def _used(sql: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The parameters ``sql`` names (DuckDB refuses unused ones)."""
+    return {k: v for k, v in params.items() if re.search(r"\$" + k + r"\b", sql)}
+
+
+def _materialise(con: duckdb.DuckDBPyConnection, spec: ExportSpec) -> tuple[int, int]:
+    """Build the temporary tables ``export_rows`` (the rows, with source patient IDs) and
+    ``export_patients`` (their patients) for ``spec``; they live and die with the connection.
+    Returns (rows, patients)."""
+    sql = (
+        "CREATE OR REPLACE TEMP TABLE export_rows AS WITH " + _FILTER_SQL + " " + _SHAPE_SQL[spec.shape](spec)
+    )
+    con.execute(sql, _used(sql, spec.params())).fetchall()
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE export_patients AS SELECT DISTINCT patient_id FROM export_rows"
+    ).fetchall()
+    [(rows, patients)] = con.execute(
+        "SELECT (SELECT count(*) FROM export_rows), (SELECT count(*) FROM export_patients)"
+    ).fetchall()
+    return int(rows), int(patients)
+
+
+def _keyed(con: duckdb.DuckDBPyConnection, secret: str | None, limit: int | None = None) -> pa.Table:
+    params = {"secret": secret or secrets.token_hex(32), "limit": limit}
+    return con.sql(_KEYED_SQL, params=params).to_arrow_table()
+
+
+@dataclass(frozen=True)
+class KAnonymity:
+    """The smallest number of patients sharing one combination of the file's quasi-identifiers."""
+
+    quasi_identifiers: tuple[str, ...]
+    k: int | None  # None when the export is empty
+    groups: int
+    groups_below_threshold: int
+    patients_in_groups_below_threshold: int
+    threshold: int = K_THRESHOLD
+    suggested_drop: tuple[str, ...] = ()  # leave these out for the most columns with k >= threshold
+
+    @property
+    def warning(self) -> str | None:
+        if self.k is None or self.k >= self.threshold:
+            return None
+        over = ", ".join(self.quasi_identifiers) or "no quasi-identifiers"
+        text = (
+            f"k-anonymity is {self.k} (under {self.threshold}) over {over}: "
+            f"{self.groups_below_threshold} combination(s) are shared by fewer than {self.threshold} "
+            f"patients ({self.patients_in_groups_below_threshold} patients)."
+        )
+        if self.suggested_drop and set(self.suggested_drop) != set(self.quasi_identifiers):
+            return text + f" Leaving out {', '.join(self.suggested_drop)} gives k ≥ {self.threshold}."
+        if self.quasi_identifiers:
+            return (
+                text + f" Even with no quasi-identifiers the export has fewer than {self.threshold} patients."
+            )
+        return text + f" The export has fewer than {self.threshold} patients."
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"warning": self.warning}
+
+
+def _k_anonymity(con: duckdb.DuckDBPyConnection, spec: ExportSpec, n: int) -> KAnonymity:
+    """k over every subset of the file's quasi-identifiers at once (GROUPING SETS), so the report can say
+    which to leave out. ``n``: the patients in the export."""
+    qis = spec.qis
+    if n == 0:
+        return KAnonymity(qis, None, 0, 0, 0)
+    if not qis:
+        below = int(n < K_THRESHOLD)
+        return KAnonymity((), n, 1, below, n * below)
+    cols = ", ".join(qis)
+    # Patient characteristics come from the patients table, except a sessions file's route: per session.
+    source = (
+        "SELECT DISTINCT patient_id, " + cols + " FROM export_rows"
+        if spec.shape == "sessions" and "route" in qis
+        else "SELECT patient_id, " + cols + " FROM export_patients JOIN patients USING (patient_id)"
+    )
+    sets = ", ".join(
+        "(" + ", ".join(q for bit, q in enumerate(qis) if mask >> bit & 1) + ")"
+        for mask in range(2 ** len(qis))
+    )
+    rows = con.execute(
+        f"""WITH d AS ({source}),
+            g AS (SELECT GROUPING({cols}) AS gid, count(DISTINCT patient_id) AS n
+                  FROM d GROUP BY GROUPING SETS ({sets}))
+            SELECT gid, min(n), count(*), count(*) FILTER (WHERE n < $t),
+                   coalesce(sum(n) FILTER (WHERE n < $t), 0)
+            FROM g GROUP BY gid""",
+        {"t": K_THRESHOLD},
+    ).fetchall()
+    # GROUPING() sets bit (len - 1 - i) when column i is *not* grouped.
+    by_kept: dict[tuple[str, ...], tuple[int, int, int, int]] = {}
+    for gid, k, groups, below, patients_below in rows:
+        kept = tuple(q for i, q in enumerate(qis) if not gid >> (len(qis) - 1 - i) & 1)
+        by_kept[kept] = (int(k), int(groups), int(below), int(patients_below))
+    k, groups, below, patients_below = by_kept[qis]
+    ok = [kept for kept, v in by_kept.items() if v[0] >= K_THRESHOLD]
+    best = max(ok, key=lambda kept: (len(kept), by_kept[kept][0]), default=())
+    drop = () if k >= K_THRESHOLD else tuple(q for q in qis if q not in best)
+    return KAnonymity(qis, k, groups, below, patients_below, K_THRESHOLD, drop)
+
+
+# ---------------------------------------------------------------- data dictionary
+
+
+def _arrow_type(t: pa.DataType) -> str:
+    if pa.types.is_boolean(t):
+        return "boolean"
+    if pa.types.is_integer(t):
+        return "integer"
+    if pa.types.is_floating(t) or pa.types.is_decimal(t):
+        return "number"
+    if pa.types.is_date(t) or pa.types.is_timestamp(t):
+        return "date"
+    return "string"
+
+
+def _join(parts: Sequence[str]) -> str:
+    return "; ".join(p for p in parts if p)
+
+
+@dataclass(frozen=True)
+class _DocContext:
+    spec: ExportSpec
+    instruments: tuple[reg.Instrument, ...]
+    thresholds: dict[str, dict[str, Any]]
+    settings: dict[str, float]
+    clinics: tuple[str, ...]
+
+    def per_scale(self, fmt: str) -> str:
+        """``fmt`` filled in for each exported scale from the thresholds in force."""
+        return _join([f"{i.code} " + fmt.format(**self.thresholds.get(i.code, {})) for i in self.instruments])
+
+
+def _doc(col: str, ctx: _DocContext) -> tuple[str, str, str]:
+    """(description, allowed values or unit, source or LOINC) of one exported column."""
+    insts = ctx.instruments
+    day_rule = "whole days from the patient's first dosing session (0 = first dosing day, negative = before)"
+    qi = "quasi-identifier (counted in the manifest's k-anonymity report)"
+    ranges = _join([f"{i.code} {i.total_min}–{i.total_max}" for i in insts])
+    totals = _join([f"{i.code} total LOINC {i.loinc_total}" for i in insts])
+    simple: dict[str, tuple[str, str, str]] = {
+        "patient_id": (
+            "Patient key for this export only: assigned in a random order from a secret that is not saved, "
+            "so it cannot be linked to clinic records or to another export",
+            "P0001, P0002, …",
+            "kapdata export (re-keyed)",
+        ),
+        "age_band": (f"Age band; {qi}", ", ".join(ingest.AGE_BANDS), "patients file"),
+        "sex": (f"Sex; {qi}", ", ".join(ingest.SEXES), "patients file"),
+        "clinic": (f"Clinic (pseudonymous name); {qi}", ", ".join(ctx.clinics), "patients file"),
+        "primary_condition": (f"Primary condition; {qi}", ", ".join(ingest.CONDITIONS), "patients file"),
+        "instrument": (
+            "Questionnaire (scale)",
+            ", ".join(i.code for i in insts),
+            _join([f"{i.code}: {i.title}, LOINC panel {i.loinc_panel}" for i in insts]),
+        ),
+        "total": (
+            "Total score of the questionnaire",
+            ranges,
+            _join([totals, *[s for i in insts for s in i.sources]]),
+        ),
+        "baseline": (
+            "Baseline: the last score of the scale in preparation (on or before the first dosing session)",
+            ranges,
+            totals,
+        ),
+        "baseline_day": (f"Day of the baseline: {day_rule}", "days", "sessions file"),
+        "baseline_on": (
+            "Calendar date of the baseline (calendar dates were asked for)",
+            "date",
+            "scores file",
+        ),
+        "day": (
+            f"Day of the dosing session: {day_rule}"
+            if ctx.spec.shape == "sessions"
+            else f"Day of the questionnaire: {day_rule}; empty when the patient has no dosing session",
+            "days",
+            "sessions and scores files",
+        ),
+        "assessed_on": (
+            "Calendar date of the questionnaire (calendar dates were asked for)",
+            "date",
+            "scores file",
+        ),
+        "session_date": (
+            "Calendar date of the dosing session (calendar dates were asked for)",
+            "date",
+            "sessions file",
+        ),
+        "session_number": (
+            "Number of the dosing session for this patient, in date order",
+            "1, 2, …",
+            "sessions file",
+        ),
+        "endpoint": (
+            "Endpoint: the last score of the scale in the phase (latest: after baseline)",
+            ranges,
+            totals,
+        ),
+        "endpoint_day": (f"Day of the endpoint: {day_rule}", "days", "sessions and scores files"),
+        "endpoint_on": (
+            "Calendar date of the endpoint (calendar dates were asked for)",
+            "date",
+            "scores file",
+        ),
+        "pct_change": (
+            "Change as a percentage of baseline; empty when baseline is 0",
+            "percent",
+            "outcomes view",
+        ),
+        "recovery": (
+            "Baseline in the clinical range and endpoint below it",
+            "true, false, empty",
+            ctx.per_scale("clinical range ≥ {caseness}"),
+        ),
+        "reliable_recovery": ("Recovery and reliable improvement", "true, false, empty", "outcomes view"),
+        "dose_mg": ("Ketamine dose", "mg", "sessions file"),
+        "dose_mg_per_kg": ("Ketamine dose by body weight", "mg/kg", "sessions file"),
+        "bp_sys_pre": ("Systolic blood pressure before dosing", "mmHg", "sessions file"),
+        "bp_dia_pre": ("Diastolic blood pressure before dosing", "mmHg", "sessions file"),
+        "bp_sys_post": ("Systolic blood pressure after dosing", "mmHg", "sessions file"),
+        "bp_dia_post": ("Diastolic blood pressure after dosing", "mmHg", "sessions file"),
+        "dissociation": ("Dissociation during the session (CADSS-6 total)", "0–24", "sessions file"),
+        "side_effects": ("Side effects, ';'-separated", ", ".join(ingest.SIDE_EFFECTS), "sessions file"),
+    }
+    window = int(ctx.settings.get("integration_window_days", 84))
+    if col == "phase":
+        if ctx.spec.shape == "long":
+            return (
+                "Phase of care when the questionnaire was completed: on or before the first dosing session → "
+                f"preparation; until the last session → dosing; up to {window} days after → integration; "
+                "later → follow-up (an explicit phase in the scores file wins)",
+                ", ".join(ctx.spec.phases or db.PHASES),
+                "derived from the dosing sessions",
+            )
+        return (
+            "Endpoint phase: the last score in that phase; latest = the last score after baseline",
+            ", ".join(ctx.spec.phases or db.ENDPOINT_PHASES),
+            f"derived from the dosing sessions (integration window {window} days)",
+        )
+    if col == "route":
+        what = "Route of this dosing session" if ctx.spec.shape == "sessions" else "Route of ketamine"
+        return (
+            f"{what}; {qi}",
+            ", ".join(ingest.ROUTES),
+            "sessions file" if ctx.spec.shape == "sessions" else "patients file",
+        )
+    if col.startswith("item_"):
+        n = int(col.removeprefix("item_"))
+        has = [i for i in insts if n <= i.n_items]
+        return (
+            "Item response: " + _join([f"{i.code} item {n} '{i.item_labels[n - 1]}'" for i in has]),
+            _join([f"{i.code} {i.item_min}–{i.item_max}" for i in has]),
+            _join([f"{i.code} LOINC {i.loinc_items[n]}" for i in has if n in i.loinc_items]),
+        )
+    metric_docs: dict[str, tuple[str, str, str]] = {
+        "change": ("Endpoint − baseline (negative is better)", "points", "outcomes view"),
+        "response": (
+            "Response: reduction from baseline of at least the scale's percentage",
+            "true, false, empty",
+            ctx.per_scale("≥ {response_pct}% reduction"),
+        ),
+        "remission": (
+            "Remission: endpoint below the scale's cut-off",
+            "true, false, empty",
+            ctx.per_scale("endpoint < {remission_below}"),
+        ),
+        "reliable_improvement": (
+            "Reliable improvement: change ≤ −RC (Jacobson–Truax reliable change)",
+            "true, false, empty",
+            ctx.per_scale("RC {reliable_change} points"),
+        ),
+        "reliable_deterioration": (
+            "Reliable deterioration: change ≥ +RC (Jacobson–Truax reliable change)",
+            "true, false, empty",
+            ctx.per_scale("RC {reliable_change} points"),
+        ),
+    }
+    if col in simple:
+        return simple[col]
+    if col in metric_docs:
+        return metric_docs[col]
+    for phase in db.ENDPOINT_PHASES:
+        prefix = phase.replace("-", "_")
+        label = "latest score after baseline" if phase == "latest" else f"last score in {phase}"
+        if col == prefix:
+            return (f"Endpoint at {phase}: the {label}", ranges, totals)
+        if col.startswith(prefix + "_"):
+            rest = col.removeprefix(prefix + "_")
+            base = {
+                "day": simple["endpoint_day"],
+                "on": simple["endpoint_on"],
+            }.get(rest) or metric_docs[rest]
+            return (f"{phase.capitalize()}: {base[0][0].lower()}{base[0][1:]}", base[1], base[2])
+    raise KeyError(f"no data dictionary entry for column {col!r}")
+
+
+def _thresholds(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    cur = con.execute("SELECT * FROM instruments ORDER BY code")
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, values, strict=True)) for values in cur.fetchall()]
+
+
+def _dictionary(
+    con: duckdb.DuckDBPyConnection, spec: ExportSpec, schema: pa.Schema, thresholds: list[dict[str, Any]]
+) -> pa.Table:
+    """One row per data column: column, type, description, allowed values or unit, source or LOINC."""
+    clinics: tuple[str, ...] = ()
+    if "clinic" in schema.names:
+        rows = con.execute(
+            "SELECT DISTINCT clinic FROM export_rows WHERE clinic IS NOT NULL ORDER BY 1"
+        ).fetchall()
+        clinics = tuple(r[0] for r in rows)
+    ctx = _DocContext(
+        spec=spec,
+        instruments=tuple(reg.BY_CODE[c] for c in (spec.instruments or reg.BY_CODE)),
+        thresholds={t["code"]: t for t in thresholds},
+        settings=db.get_settings(con),
+        clinics=clinics,
+    )
+    docs = [(f.name, _arrow_type(f.type), *_doc(f.name, ctx)) for f in schema]
+    return pa.table({name: [d[i] for d in docs] for i, name in enumerate(DICTIONARY_COLUMNS)})
+
+
+# ---------------------------------------------------------------- files
+
+
+def neutralise_formulas(table: pa.Table) -> pa.Table:
+    """Text cells starting with ``= + - @`` (or tab, carriage return) get a leading ``'``.
+
+    Numbers are not text and are untouched."""
+    pattern = "^([" + "".join("\\" + c if c in "-\\]^" else c for c in FORMULA_PREFIXES) + "])"
+    for i, f in enumerate(table.schema):
+        if not (pa.types.is_string(f.type) or pa.types.is_large_string(f.type)):
+            continue
+        column = table.column(i)
+        # Most text columns hold a handful of distinct values: test those before rewriting the column.
+        if pc.any(pc.match_substring_regex(pc.unique(column), pattern=pattern)).as_py():
+            table = table.set_column(
+                i, f, pc.replace_substring_regex(column, pattern=pattern, replacement="'\\1")
+            )
+    return table
+
+
+def csv_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pa_csv.write_csv(neutralise_formulas(table), buf)
+    return buf.getvalue()
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class Export:
+    """An export ready to write: file name → bytes, plus the manifest's main numbers."""
+
+    spec: ExportSpec
+    files: dict[str, bytes]
+    manifest: dict[str, Any]
+
+    @property
+    def rows(self) -> int:
+        return int(self.manifest["rows"])
+
+    @property
+    def patients(self) -> int:
+        return int(self.manifest["patients"])
+
+    @property
+    def k_anonymity(self) -> dict[str, Any]:
+        return dict(self.manifest["k_anonymity"])
+
+
+def build(con: duckdb.DuckDBPyConnection, spec: ExportSpec, *, secret: str | None = None) -> Export:
+    """Build the three files in memory. ``secret`` orders the new patient keys (tests fix it; otherwise a
+    fresh random one that is never stored)."""
+    spec = spec.checked()
+    rows, patients = _materialise(con, spec)
+    table = _keyed(con, secret)
+    k = _k_anonymity(con, spec, patients)
+    thresholds = _thresholds(con)
+    files = {
+        spec.data_file: csv_bytes(table) if spec.file_format == "csv" else parquet_bytes(table),
+        DICTIONARY_FILE: csv_bytes(_dictionary(con, spec, table.schema, thresholds)),
+    }
+    calendar = spec.dates == "calendar"
+    manifest = {
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "software": {"kapdata": __version__, "duckdb": duckdb.__version__, "pyarrow": pa.__version__},
+        "shape": spec.shape,
+        "format": spec.file_format,
+        "filters": spec.filters(),
+        "rows": rows,
+        "patients": patients,
+        "columns": table.schema.names,
+        "dates": spec.dates,
+        "calendar_dates_included": calendar,
+        "de_identification": {
+            "patient_ids": "re-keyed P0001… for this export in a random order from a secret that was not "
+            "saved; the mapping to source IDs was not written anywhere",
+            "dates": "calendar dates INCLUDED at the user's explicit request"
+            if calendar
+            else "no calendar dates: days relative to each patient's first dosing session",
+            "csv_formula_injection": "text cells starting with = + - @ (or tab / carriage return) were "
+            "prefixed with ' in CSV files"
+            if spec.file_format == "csv"
+            else "not applicable (Parquet data file)",
+            "columns_not_exported": "source patient ID, provider",
+        },
+        "quasi_identifiers": list(spec.qis),
+        "k_anonymity": k.as_dict(),
+        "definitions_in_force": {"settings": db.get_settings(con), "instruments": thresholds},
+        "files": {
+            name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+            for name, data in files.items()
+        },
+    }
+    files[MANIFEST_FILE] = (json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n").encode()
+    return Export(spec, files, manifest)
+
+
+def write_dir(
+    con: duckdb.DuckDBPyConnection, spec: ExportSpec, out: str | Path, *, secret: str | None = None
+) -> Export:
+    """Write ``DIR/data.csv`` (or ``.parquet``), ``DIR/data_dictionary.csv`` and ``DIR/manifest.json``."""
+    export = build(con, spec, secret=secret)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in export.files.items():
+        (folder / name).write_bytes(data)
+    return export
+
+
+def zip_bytes(con: duckdb.DuckDBPyConnection, spec: ExportSpec, *, secret: str | None = None) -> bytes:
+    """The page's download: one ``.zip`` with the data, the dictionary and the manifest."""
+    export = build(con, spec, secret=secret)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for name, data in export.files.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def zip_name(spec: ExportSpec, now: dt.datetime | None = None) -> str:
+    stamp = (now or dt.datetime.now()).strftime("%Y%m%d-%H%M")
+    return f"kap_export_{spec.shape}_{spec.file_format}_{stamp}.zip"
+
+
+# ---------------------------------------------------------------- preview and Table 1
+
+
+@dataclass(frozen=True)
+class Preview:
+    head: pd.DataFrame  # the first rows, re-keyed as in a download
+    rows: int
+    patients: int
+    columns: list[str]
+    k_anonymity: KAnonymity
+    table1: pd.DataFrame  # characteristic, group, patients (small cells suppressed)
+    min_cell: int
+
+
+_TABLE1_SQL = """
+    WITH pp AS (
+        SELECT coalesce(age_band, 'unknown') AS "Age band", coalesce(sex, 'unknown') AS "Sex",
+               coalesce(primary_condition, 'unknown') AS "Primary condition",
+               coalesce(route, 'unknown') AS "Route"
+        FROM patients SEMI JOIN export_patients USING (patient_id)
+    ),
+    long AS (UNPIVOT pp ON COLUMNS(*) INTO NAME characteristic VALUE grp)
+    SELECT characteristic, grp, count(*) AS n FROM long GROUP BY characteristic, grp
+    ORDER BY list_position($names, characteristic),
+             list_position($orders[list_position($names, characteristic)], grp) NULLS LAST, grp
+"""
+_BASELINE_SQL = """
+    SELECT instrument, count(baseline) AS n, avg(baseline) AS mean, stddev_samp(baseline) AS sd
+    FROM score_points SEMI JOIN pairs USING (patient_id, instrument)
+    GROUP BY instrument ORDER BY list_position($codes, instrument)
+"""
+#: The (patient, scale) pairs whose baselines Table 1 describes: those in the file, or for the sessions
+#: shape the chosen scales of the patients in the file.
+_PAIRS_SQL = {
+    "rows": "SELECT DISTINCT patient_id, instrument FROM export_rows",
+    "sessions": """SELECT patient_id, instrument FROM score_points
+        SEMI JOIN export_patients USING (patient_id)
+        WHERE len($instruments) = 0 OR list_contains($instruments, instrument)""",
+}
+
+
+def _suppress(counts: list[int], min_cell: int) -> list[bool]:
+    """Primary suppression of counts under ``min_cell``; when exactly one count is hidden, hide the next
+    smallest too, so that it cannot be recovered from the total."""
+    hidden = [0 < n < min_cell for n in counts]
+    if sum(hidden) == 1 and len(counts) > 1:
+        rest = [(n, i) for i, n in enumerate(counts) if not hidden[i]]
+        hidden[min(rest)[1]] = True
+    return hidden
+
+
+def _table1(con: duckdb.DuckDBPyConnection, spec: ExportSpec, min_cell: int, total: int) -> pd.DataFrame:
+    """Table 1 of the export's patients: n, age band, sex, condition, route (n and %), baseline mean ± SD.
+    Groups under ``min_cell`` patients show as ``<min_cell``."""
+    small = f"<{min_cell}"
+    out: list[tuple[str, str, str]] = [("Patients", "all", small if 0 < total < min_cell else f"{total:,}")]
+    if total < min_cell:
+        return pd.DataFrame(out, columns=["Characteristic", "Group", "Patients"])
+    counts = con.execute(
+        _TABLE1_SQL,
+        {
+            "names": ["Age band", "Sex", "Primary condition", "Route"],
+            "orders": [
+                list(ingest.AGE_BANDS),
+                list(ingest.SEXES),
+                list(ingest.CONDITIONS),
+                list(ingest.ROUTES),
+            ],
+        },
+    ).fetchall()
+    for name in dict.fromkeys(c for c, _, _ in counts):
+        group = [(g, int(n)) for c, g, n in counts if c == name]
+        hidden = _suppress([n for _, n in group], min_cell)
+        for (g, n), hide in zip(group, hidden, strict=True):
+            out.append((name, g, small if hide else f"{n:,} ({100 * n / total:.0f}%)"))
+    params: dict[str, Any] = {"codes": list(reg.BY_CODE)}
+    pairs = _PAIRS_SQL["rows"]
+    if spec.shape == "sessions":
+        pairs = _PAIRS_SQL["sessions"]
+        params["instruments"] = list(spec.instruments)
+    sql = "WITH pairs AS (" + pairs + ")" + _BASELINE_SQL
+    for code, n, mean, sd in con.execute(sql, params).fetchall():
+        label = f"{code} baseline"
+        if n == 0:
+            continue
+        value = f"{small} patients" if n < min_cell else f"{mean:.1f} ± {sd:.1f} (n = {n:,})"
+        out.append((label, "mean ± SD", value))
+    return pd.DataFrame(out, columns=["Characteristic", "Group", "Patients"])
+
+
+def preview(con: duckdb.DuckDBPyConnection, spec: ExportSpec, n: int = 20) -> Preview:
+    """What the download would hold: the first rows, counts, k-anonymity and a suppressed Table 1."""
+    spec = spec.checked()
+    rows, patients = _materialise(con, spec)
+    head = _keyed(con, None, n).to_pandas()
+    min_cell = int(db.get_settings(con)["min_cell"])
+    return Preview(
+        head=head,
+        rows=rows,
+        patients=patients,
+        columns=list(head.columns),
+        k_anonymity=_k_anonymity(con, spec, patients),
+        table1=_table1(con, spec, min_cell, patients),
+        min_cell=min_cell,
+    )
+
+
+# ---------------------------------------------------------------- command line
+
+
+def add_cli(sub: argparse._SubParsersAction) -> None:
+    """The ``export`` sub-command (``python -m kapdata export ...``)."""
+    p = sub.add_parser(
+        "export",
+        help="write a de-identified research dataset with its data dictionary and manifest",
+        description="Write DIR/data.csv (or data.parquet), DIR/data_dictionary.csv and DIR/manifest.json. "
+        "Patients are re-keyed and dates are days from the first dosing session unless --dates calendar.",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write the three files into")
+    p.add_argument("--db", help="database file (default: $KAP_DB, then data/kap.duckdb)")
+    p.add_argument("--shape", default="long", help="long (default), wide, outcomes or sessions")
+    p.add_argument("--format", default="csv", dest="file_format", help="csv (default) or parquet")
+    p.add_argument(
+        "--instrument", action="append", default=[], metavar="NAME", help="PHQ-9, GAD-7, PCL-5 (repeat)"
+    )
+    p.add_argument(
+        "--phase",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="long: preparation, dosing, integration, follow-up; wide/outcomes: dosing, integration, "
+        "follow-up, latest (repeat)",
+    )
+    p.add_argument("--clinic", action="append", default=[], metavar="NAME")
+    p.add_argument("--route", action="append", default=[], metavar="NAME")
+    p.add_argument("--condition", action="append", default=[], metavar="NAME")
+    p.add_argument("--start-from", metavar="DATE", help="first dosing session on or after (YYYY-MM-DD)")
+    p.add_argument("--start-to", metavar="DATE", help="first dosing session on or before (YYYY-MM-DD)")
+    p.add_argument("--dates", default="relative", help="relative (default: days) or calendar")
+    p.set_defaults(handler=cmd_export)
+
+
+def _date(value: str | None, option: str) -> dt.date | None:
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise ExportError(f"{option}: {value!r} is not a date (YYYY-MM-DD)") from None
+
+
+def _resolve(values: Sequence[str], known: Sequence[str], what: str) -> tuple[str, ...]:
+    """Names as stored in the database, matched without regard to case."""
+    by_lower = {k.lower(): k for k in known}
+    out = []
+    for v in values:
+        if v.lower() not in by_lower:
+            raise ExportError(f"unknown {what} {v!r}; in the database: {', '.join(known) or 'none'}")
+        out.append(by_lower[v.lower()])
+    return tuple(out)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Run ``export``: 0 with one summary line; 2 for bad usage; 1 for other failures (one line, stderr)."""
+    try:
+        cohort = CohortFilter(
+            start_from=_date(args.start_from, "--start-from"), start_to=_date(args.start_to, "--start-to")
+        )
+        spec = ExportSpec(
+            cohort=cohort,
+            instruments=tuple(args.instrument),
+            phases=tuple(args.phase),
+            shape=args.shape,
+            file_format=args.file_format,
+            dates=args.dates,
+        ).checked()
+        with db.reader(args.db) as con:
+            opts = filters.filter_options(con)
+            cohort = CohortFilter(
+                start_from=cohort.start_from,
+                start_to=cohort.start_to,
+                clinics=_resolve(args.clinic, opts.clinics, "clinic"),
+                routes=_resolve(args.route, opts.routes, "route"),
+                conditions=_resolve(args.condition, opts.conditions, "condition"),
+            )
+            spec = dataclasses.replace(spec, cohort=cohort)
+            export = write_dir(con, spec, args.out)
+    except ExportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (db.NoDatabase, db.DatabaseBusy, OSError, duckdb.Error) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    k = export.k_anonymity
+    files = ", ".join(str(Path(args.out) / name) for name in export.files)
+    qis = ", ".join(k["quasi_identifiers"]) or "none"
+    print(
+        f"{files}: {export.rows:,} rows, {export.patients:,} patients ({spec.shape}, {spec.file_format}, "
+        f"{spec.dates} dates); k-anonymity {k['k'] if k['k'] is not None else '-'} over {qis}"
+    )
+    if k["warning"]:
+        print(f"warning: {k['warning']}", file=sys.stderr)
+    if export.rows == 0:
+        print("warning: the filters match no data; the files hold headers only", file=sys.stderr)
+    return 0
