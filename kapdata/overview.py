@@ -45,7 +45,8 @@ def overview(con: duckdb.DuckDBPyConnection) -> Overview:
     ).df()
     current = con.execute(
         """WITH last AS (
-                SELECT patient_id, arg_max(phase, assessed_at) AS phase FROM scores_phased GROUP BY patient_id)
+                SELECT patient_id, arg_max(phase, assessed_at) AS phase
+                FROM scores_phased GROUP BY patient_id)
             SELECT phase, count(*) AS patients FROM last GROUP BY phase
             ORDER BY list_position($phases, phase)""",
         {"phases": list(db.PHASES)},
