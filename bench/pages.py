@@ -3,14 +3,16 @@ per call), and the exports. Extend PAGE_ROWS / page_measurements as pages land."
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from kapdata import db
+from kapdata import cohort, db, patient
 from kapdata import export as ex
 from kapdata import overview as ov
 
-PAGE_ROWS: tuple[str, ...] = ("overview", "research export preview")
+PAGE_ROWS: tuple[str, ...] = ("overview", "caseload", "patient view", "research export preview")
+TODAY = dt.date(2026, 11, 1)  # the generated cohorts end here
 
 
 def page_measurements(path: Path) -> Iterator[tuple[str, Callable[[], object]]]:
@@ -19,6 +21,22 @@ def page_measurements(path: Path) -> Iterator[tuple[str, Callable[[], object]]]:
             return ov.overview(con)
 
     yield "overview", overview
+
+    def caseload() -> object:
+        with db.reader(path) as con:
+            return patient.caseload(con, cohort.CohortFilter(), today=TODAY)
+
+    yield "caseload", caseload
+
+    with db.reader(path) as con:
+        row = con.execute("SELECT patient_id FROM scores ORDER BY patient_id LIMIT 1 OFFSET 7").fetchone()
+    one = row[0] if row else ""
+
+    def patient_view() -> object:
+        with db.reader(path) as con:
+            return patient.patient_view(con, one, today=TODAY)
+
+    yield "patient view", patient_view
 
     def export_preview() -> object:
         with db.reader(path) as con:

@@ -1,6 +1,110 @@
-"""Patient trends (placeholder while the page is built; replaced by its issue's work)."""
+"""Patient trends: the caseload ranked by need for attention, and one patient's view (chosen in the URL)."""
+
+import functools
 
 import streamlit as st
 
-st.title("Patient trends")
-st.info("This page is being built.")
+import kapui
+from kapdata import db, report
+from kapdata import patient as pt
+from kapdata.charts import patient as charts
+from kapui import patient as ui
+
+path = kapui.initialise()
+version = kapui.data_version(path)
+today = ui.today()
+cohort = kapui.sidebar_filters(path, ("clinics", "providers"))
+chosen = ui.chosen_patient()
+view = ui.patient_view(path, version, chosen, today) if chosen else None
+defs = pt.help_texts(view.settings) if view else ui.help_texts(path, version)
+
+if view is None:
+    caseload = ui.caseload(path, version, cohort, today)
+    st.title("Patient trends")
+    st.caption(
+        f"Caseload as of {today:%d %b %Y}: {len(caseload):,} patients in the sidebar's clinics and "
+        "providers, ranked by need for attention. Click a row, or choose a patient, to open the patient view."
+    )
+    if chosen:
+        st.warning(f"No patient with the ID `{chosen}` in this database.")
+    counts = {flag: int(caseload[flag].sum()) for flag in pt.FLAGS}
+    c = st.columns(5)
+    c[0].metric("Patients", f"{len(caseload):,}")
+    c[1].metric(":material/warning: Safety", counts["flag_safety"], help=defs["safety"])
+    c[2].metric(
+        ":material/trending_up: Deterioration", counts["flag_deterioration"], help=defs["deterioration"]
+    )
+    c[3].metric("Overdue", counts["flag_overdue"], help=defs["overdue"])
+    c[4].metric("No baseline", counts["flag_no_baseline"], help=defs["no_baseline"])
+    left, right = st.columns([2, 3], vertical_alignment="bottom")
+    with left:
+        ui.patient_picker(caseload["patient_id"].tolist(), None)
+    with right:
+        phases = st.pills(
+            "Current phase", db.PHASES, selection_mode="multi", default=list(db.PHASES), help=defs["phase"]
+        )
+    clicked = ui.caseload_table(caseload, defs, phases or list(db.PHASES))
+    if clicked:
+        ui.open_patient(clicked)
+        st.rerun()
+    st.stop()
+
+s = view.status
+top = st.columns([4, 1.4, 2.2, 2.2], vertical_alignment="center")
+top[0].title(
+    f"Patient {view.patient_id}", help="Pseudonymous patient ID: no names or other personal details."
+)
+top[1].button("← Caseload", on_click=ui.close_patient, help="Back to the ranked caseload.")
+with top[2]:
+    ui.patient_picker(ui.patient_ids(path, version, cohort), view.patient_id, label="Patient", compact=True)
+top[3].download_button(
+    "Progress report (HTML)",
+    data=functools.partial(report.progress_report, view),
+    file_name=f"progress-{view.patient_id}-{today:%Y%m%d}.html",
+    mime="text/html",
+    icon=":material/download:",
+    on_click="ignore",
+    help="A self-contained page (charts, numbers, definitions) that prints cleanly, to share in an "
+    "integration session.",
+)
+ui.header_strip(view, defs)
+ui.flag_alerts(view)
+
+if not view.scales:
+    st.info("No questionnaires yet for this patient.")
+else:
+    cards = st.columns(len(view.scales))
+    for col, code in zip(cards, view.scales, strict=True):
+        with col:
+            ui.scale_card(view, code, defs)
+    for tab, code in zip(st.tabs(view.scales), view.scales, strict=True):
+        with tab:
+            st.plotly_chart(
+                charts.score_trend(view, code, title=False), width="stretch", theme=None, key=f"trend_{code}"
+            )
+            heat = charts.item_heatmap(view, code)
+            if heat is not None:
+                st.markdown(
+                    f"**{code} item answers over time**", help="Each questionnaire's answers, item by item."
+                )
+                st.plotly_chart(heat, width="stretch", theme=None, key=f"items_{code}")
+            if code == "PCL-5" and not view.pcl5().empty:
+                st.markdown("**PCL-5 clusters and the provisional DSM-5 rule**", help=defs["dsm5"])
+                st.dataframe(
+                    view.pcl5(), hide_index=True, column_config=ui.pcl5_config(defs), placeholder="–"
+                )
+
+st.subheader("Session log")
+if view.sessions.empty:
+    st.caption("No dosing sessions recorded.")
+else:
+    st.dataframe(
+        ui.styled_session_log(view),
+        hide_index=True,
+        column_config=ui.session_log_config(defs),
+        placeholder="–",
+    )
+st.subheader("Assessments")
+st.dataframe(
+    ui.styled_assessments(view), hide_index=True, column_config=ui.assessment_config(defs), placeholder="–"
+)

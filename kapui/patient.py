@@ -1,0 +1,376 @@
+"""Streamlit glue for the Patient trends page: cached queries, the patient in the URL, table layouts, badges.
+
+Every query opens a short read-only connection and is cached on ``(path, data_version, ...)``; nothing holds a
+connection across reruns. The chosen patient lives in ``st.query_params["patient"]`` so that a link to a
+patient view can be shared inside the clinic and reloads to the same view.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from kapdata import db, report, settings
+from kapdata import instruments as reg
+from kapdata import patient as pt
+from kapdata.cohort import CohortFilter
+
+PARAM = "patient"
+PICK_KEY = "patient_pick"
+TABLE_KEY = "caseload_table"
+TABLE_GENERATION = "caseload_table_generation"
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def caseload(path: str, version: tuple[int, int], filt: CohortFilter, today: dt.date) -> pd.DataFrame:
+    with db.reader(path) as con:
+        return pt.caseload(con, filt, today)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def patient_view(
+    path: str, version: tuple[int, int], patient_id: str, today: dt.date
+) -> pt.PatientView | None:
+    with db.reader(path) as con:
+        return pt.patient_view(con, patient_id, today)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def patient_ids(path: str, version: tuple[int, int], filt: CohortFilter) -> list[str]:
+    with db.reader(path) as con:
+        return pt.patient_ids(con, filt)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def help_texts(path: str, version: tuple[int, int]) -> dict[str, str]:
+    """Help texts with the thresholds and settings stored in the database."""
+    with db.reader(path) as con:
+        return pt.help_texts(settings.read(con))
+
+
+def today() -> dt.date:
+    """The page's "today" (the real date; tests replace this function)."""
+    return dt.date.today()
+
+
+# --- the chosen patient, in the URL ---------------------------------------------------------------------
+
+
+def chosen_patient() -> str | None:
+    value = st.query_params.get(PARAM)
+    return value.strip() or None if value else None
+
+
+def open_patient(patient_id: str | None) -> None:
+    if patient_id:
+        st.query_params[PARAM] = patient_id
+    elif PARAM in st.query_params:
+        del st.query_params[PARAM]
+
+
+def _picked() -> None:
+    open_patient(st.session_state.get(PICK_KEY))
+
+
+def close_patient() -> None:
+    open_patient(None)
+
+
+def patient_picker(
+    options: list[str], current: str | None, *, label: str = "Open a patient", compact: bool = False
+) -> None:
+    """A searchable selectbox of patient IDs kept in step with the URL."""
+    if current and current not in options:
+        options = [current, *options]
+    st.session_state[PICK_KEY] = current
+    st.selectbox(
+        label,
+        options,
+        index=None,
+        key=PICK_KEY,
+        on_change=_picked,
+        placeholder="Type or choose a pseudonymous patient ID",
+        label_visibility="collapsed" if compact else "visible",
+        help="Opens the patient view. The patient is in the page address, so the link can be shared inside "
+        "the clinic and reloads to the same view.",
+    )
+
+
+# --- caseload -------------------------------------------------------------------------------------------
+
+CASELOAD_COLUMNS: tuple[str, ...] = (
+    "flags",
+    "patient_id",
+    "phase",
+    "days_in_phase",
+    "n_sessions",
+    "days_since_score",
+    *(c for key in pt.SCALE_KEYS.values() for c in (key, f"{key}_change")),
+    "clinic",
+    "provider",
+    "route",
+)
+
+
+def caseload_config(defs: dict[str, str]) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "flags": st.column_config.TextColumn(
+            "Flags",
+            width=330,
+            help=" ".join(defs[k] for k in ("flags", "safety", "deterioration", "overdue", "no_baseline")),
+        ),
+        "patient_id": st.column_config.TextColumn("Patient", help="Pseudonymous patient ID."),
+        "phase": st.column_config.TextColumn("Phase", help=defs["phase"]),
+        "days_in_phase": st.column_config.NumberColumn(
+            "Days in phase", format="%d", help=defs["days_in_phase"]
+        ),
+        "last_score_on": st.column_config.DateColumn("Last score", format="YYYY-MM-DD"),
+        "n_sessions": st.column_config.NumberColumn("Sessions", format="%d", help=defs["sessions"]),
+        "days_since_score": st.column_config.NumberColumn(
+            "Days since score", format="%d", help="Days since the last questionnaire on any scale."
+        ),
+        "clinic": "Clinic",
+        "provider": "Provider",
+        "route": "Route",
+    }
+    for code, key in pt.SCALE_KEYS.items():
+        cfg[key] = st.column_config.NumberColumn(code, format="%d", help=f"{code}: {defs['latest']}")
+        cfg[f"{key}_change"] = st.column_config.NumberColumn(
+            f"{code} Δ", format="%+d", help=f"{code}: {defs['change']} Blank without a baseline."
+        )
+    return cfg
+
+
+def table_key() -> str:
+    """The caseload table's widget key: a new one after each row click, so that coming back to the caseload
+    never finds the old selection (which would open the same patient again)."""
+    return f"{TABLE_KEY}_{st.session_state.get(TABLE_GENERATION, 0)}"
+
+
+def caseload_table(frame: pd.DataFrame, defs: dict[str, str], phases: list[str]) -> str | None:
+    """The ranked caseload; returns the patient of a clicked row."""
+    shown = frame[frame["phase"].isin(phases)][list(CASELOAD_COLUMNS)].reset_index(drop=True)
+    event = st.dataframe(
+        shown,
+        hide_index=True,
+        width="stretch",
+        height=min(38 + 35 * max(len(shown), 1), 640),
+        column_config=caseload_config(defs),
+        on_select="rerun",
+        selection_mode="single-row",
+        key=table_key(),
+        placeholder="–",
+    )
+    rows = event.selection.rows if event else []
+    if not rows:
+        return None
+    st.session_state[TABLE_GENERATION] = st.session_state.get(TABLE_GENERATION, 0) + 1
+    return str(shown.iloc[rows[0]]["patient_id"])
+
+
+# --- patient view ---------------------------------------------------------------------------------------
+
+BADGES: tuple[tuple[str, str, str], ...] = (
+    ("response", "Response", "green"),
+    ("remission", "Remission", "green"),
+    ("reliable_improvement", "Reliable improvement", "green"),
+    ("reliable_deterioration", "Reliable deterioration", "red"),
+    ("recovery", "Recovery", "green"),
+    ("reliable_recovery", "Reliable recovery", "green"),
+)
+
+
+def outcome_badges(outcome: dict[str, Any], defs: dict[str, str]) -> None:
+    """One row of badges: each outcome met at the latest score (green; reliable deterioration red), then one
+    grey badge for those not met (hover lists them with their rules), or for why none is defined yet."""
+    met, not_met = [], []
+    for key, label, color in BADGES:
+        value = outcome.get(key)
+        if value is not None and not pd.isna(value):
+            (met if value else not_met).append((key, label, color))
+    with st.container(horizontal=True, gap="small"):
+        for key, label, color in met:
+            st.badge(label, color=color, icon=":material/check:", help=defs[key])  # type: ignore[arg-type]
+        if not_met:
+            st.badge(
+                f"{len(not_met)} not met",
+                color="gray",
+                icon=":material/close:",
+                help="Not met: " + "; ".join(defs[key] for key, _, _ in not_met),
+            )
+        if not met and not not_met:
+            st.badge(
+                "no outcome yet", color="gray", help=f"Needs a baseline and a later score. {defs['baseline']}"
+            )
+
+
+def header_strip(view: pt.PatientView, defs: dict[str, str]) -> None:
+    """Pseudonymous ID, clinic and provider, route, condition, phase, days in phase, sessions, last score."""
+    s = view.status
+    since = "none yet" if s["days_since_score"] is None else f"{s['days_since_score']} days ago"
+    items = (
+        ("Clinic", s["clinic"] or "–", None),
+        ("Provider", s["provider"] or "–", None),
+        ("Route", s["route"] or "–", None),
+        ("Condition", s["primary_condition"] or "–", None),
+        ("Phase", s["phase"], defs["phase"]),
+        ("Days in phase", report.fmt_number(s["days_in_phase"]), defs["days_in_phase"]),
+        ("Sessions done", str(s["n_sessions"]), defs["sessions"]),
+        ("Last score", since, None),
+    )
+    with st.container(border=True):
+        for col, (label, value, help_text) in zip(st.columns(len(items)), items, strict=True):
+            col.markdown(f":gray[{label}]  \n**{value}**", help=help_text)
+
+
+def flag_alerts(view: pt.PatientView) -> None:
+    """The patient's flags side by side, safety first (red)."""
+    s = view.status
+    alerts = []
+    if s["flag_safety"]:
+        text = f"**Safety: {s['safety_detail']}** at the latest questionnaire (thoughts of self-harm)."
+        alerts.append((st.error, text + " Review risk before the session.", ":material/warning:"))
+    if s["flag_deterioration"]:
+        text = f"**Reliable deterioration** on {s['deteriorated_scales']}: latest score at least the "
+        alerts.append((st.warning, text + "reliable-change amount above baseline.", ":material/trending_up:"))
+    if s["flag_overdue"]:
+        since = f"for {s['days_since_score']} days" if s["days_since_score"] is not None else "yet"
+        alerts.append(
+            (
+                st.warning,
+                f"**Overdue:** no questionnaire {since} while in {s['phase']}.",
+                ":material/schedule:",
+            )
+        )
+    if s["flag_no_baseline"]:
+        alerts.append(
+            (
+                st.warning,
+                "**No baseline:** dosing started without a preparation questionnaire.",
+                ":material/flag:",
+            )
+        )
+    for col, (alert, text, icon) in zip(st.columns(len(alerts)) if alerts else [], alerts, strict=True):
+        with col:
+            alert(text, icon=icon)
+
+
+def scale_card(view: pt.PatientView, code: str, defs: dict[str, str]) -> None:
+    """Latest score with its change from baseline (and % change), severity, and the outcome badges."""
+    inst = reg.get(code)
+    o = view.latest_outcome(code)
+    change, pct = o.get("change"), o.get("pct_change")
+    delta = None
+    if change is not None:  # an ASCII sign: st.metric reads it for the arrow (down = better, green)
+        delta = f"{change:+.0f}" + (f" ({pct:+.0f}%)" if pct is not None else "")
+    with st.container(border=True):
+        st.metric(
+            f"{code} · {inst.construct} · latest",
+            report.fmt_number(o.get("latest")),
+            delta=delta,
+            delta_color="inverse",
+            help=f"{defs['latest']} {defs['change']} {defs['pct_change']}",
+        )
+        base = o.get("baseline")
+        st.caption(
+            f"**{o.get('band') or '–'}** · baseline {report.fmt_number(base)} "
+            f"({fmt_day(o.get('baseline_on'))}) → latest {report.fmt_number(o.get('latest'))} "
+            f"({fmt_day(o.get('latest_on'))})"
+            if base is not None
+            else f"**{o.get('band') or '–'}** · no baseline (no preparation score): no change computed.",
+            help=f"{defs['band']} {defs['baseline']}",
+        )
+        outcome_badges(o, defs)
+
+
+def fmt_day(value: Any) -> str:
+    return "–" if value is None or pd.isna(value) else f"{pd.Timestamp(value):%-d %b %Y}"
+
+
+def summary_config(defs: dict[str, str]) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "instrument": st.column_config.TextColumn("Scale"),
+        "baseline": st.column_config.NumberColumn("Baseline", format="%d", help=defs["baseline"]),
+        "baseline_on": st.column_config.DateColumn("Baseline date"),
+        "latest": st.column_config.NumberColumn("Latest", format="%d", help=defs["latest"]),
+        "latest_on": st.column_config.DateColumn("Latest date"),
+        "band": st.column_config.TextColumn("Severity", help=defs["band"]),
+        "change": st.column_config.NumberColumn("Change", format="%+d", help=defs["change"]),
+        "pct_change": st.column_config.NumberColumn("% change", format="%+.0f%%", help=defs["pct_change"]),
+    }
+    for key, label, _ in BADGES:
+        cfg[key] = st.column_config.CheckboxColumn(label, help=defs[key])
+    return cfg
+
+
+def session_log_config(defs: dict[str, str]) -> dict[str, Any]:
+    return {
+        "session_no": st.column_config.NumberColumn("#", format="%d"),
+        "session_date": st.column_config.DateColumn("Date"),
+        "route": "Route",
+        "dose": "Dose",
+        "bp_pre": st.column_config.TextColumn("BP before", help=defs["bp"]),
+        "bp_post": st.column_config.TextColumn("BP after", help=defs["bp"]),
+        "dissociation": st.column_config.NumberColumn("Dissociation", format="%d", help=defs["dissociation"]),
+        "side_effects": st.column_config.TextColumn("Side effects", width="medium"),
+    }
+
+
+def styled_session_log(view: pt.PatientView) -> Any:
+    """The session log with blood pressure over the thresholds highlighted (a pandas Styler)."""
+    log = pt.session_log(view)
+    high = {"bp_pre": log["bp_high_pre"], "bp_post": log["bp_high_post"]}
+    shown = log.drop(columns=["bp_high_pre", "bp_high_post"])
+
+    def colour(col: pd.Series) -> list[str]:
+        flags = high.get(str(col.name))
+        if flags is None:
+            return [""] * len(col)
+        return ["background-color: #ffcdd2; color: #b71c1c; font-weight: 600" if f else "" for f in flags]
+
+    return shown.style.apply(colour, axis=0)
+
+
+def assessment_config(defs: dict[str, str]) -> dict[str, Any]:
+    return {
+        "assessed_on": st.column_config.DateColumn("Date"),
+        "instrument": "Scale",
+        "total": st.column_config.NumberColumn("Total", format="%d"),
+        "band": st.column_config.TextColumn("Severity", help=defs["band"]),
+        "clinical_range": st.column_config.CheckboxColumn("Clinical range", help=defs["caseness"]),
+        "phase": st.column_config.TextColumn("Phase", help=defs["score_phase"]),
+        "day": st.column_config.NumberColumn("Day", format="%d", help="Days since the first dosing session."),
+        "safety_answer": st.column_config.TextColumn("Safety item", help=defs["safety"]),
+    }
+
+
+def styled_assessments(view: pt.PatientView) -> Any:
+    """Every questionnaire, newest first; a safety item above 0 highlighted."""
+    table = pt.assessment_table(view)
+    flagged = table.pop("safety")
+
+    def colour(col: pd.Series) -> list[str]:
+        if col.name != "safety_answer":
+            return [""] * len(col)
+        return ["background-color: #ffcdd2; color: #b71c1c; font-weight: 600" if f else "" for f in flagged]
+
+    return table.style.apply(colour, axis=0)
+
+
+def pcl5_config(defs: dict[str, str]) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "assessed_on": st.column_config.DateColumn("Date"),
+        "phase": "Phase",
+        "total": st.column_config.NumberColumn("Total", format="%d"),
+        "dsm5_met": st.column_config.CheckboxColumn("DSM-5 rule met", help=defs["dsm5"]),
+    }
+    for name, items in reg.PCL5.subscales.items():
+        span = f"items {items[0]}–{items[-1]}"
+        cfg[f"cluster_{name}"] = st.column_config.NumberColumn(f"{name} score", format="%d", help=span)
+        cfg[f"endorsed_{name}"] = st.column_config.NumberColumn(
+            f"{name} endorsed", format="%d", help=f"Items of cluster {name} ({span}) scored ≥ 2."
+        )
+    return cfg
