@@ -94,6 +94,8 @@ def measure(n: int, repeat: int, cache: Path, work: Path) -> dict[str, Any]:
 
         rows["floor"] = timed(floor, repeat)
         rows["outcomes"] = timed(lambda: outcomes.outcomes_frame(con), repeat)
+        for name, fn in page_queries.query_measurements(path, con):
+            rows[name] = timed(fn, repeat)
     rows["peer"] = timed(lambda: pandas_outcomes(*files), max(1, min(repeat, 3)))
 
     for name, fn in page_queries.page_measurements(path):
@@ -127,8 +129,8 @@ def ratios(result: dict[str, Any]) -> dict[str, float]:
     rows = result["rows"]
     floor = rows["floor"]["median"]
     out: dict[str, float] = {}
-    for name in page_queries.PAGE_ROWS:
-        if name in rows and floor > 0:
+    for name in rows:
+        if name.split(" (page call)")[0] in page_queries.PAGE_ROWS and floor > 0:
             out[f"{name} / floor"] = rows[name]["median"] / floor
     if rows["outcomes"]["median"] > 0:
         out["peer / outcomes"] = rows["peer"]["median"] / rows["outcomes"]["median"]

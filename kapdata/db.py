@@ -261,6 +261,9 @@ def schema_current(con: duckdb.DuckDBPyConnection) -> bool:
     return bool(row) and row[0] == _views_hash()
 
 
+_schema_checked: dict[str, tuple[int, int]] = {}
+
+
 @contextmanager
 def reader(path: str | os.PathLike[str] | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
     """A short-lived read-only connection to an existing database (migrated first if it is out of date)."""
@@ -268,11 +271,16 @@ def reader(path: str | os.PathLike[str] | None = None) -> Iterator[duckdb.DuckDB
     if not target.exists():
         raise NoDatabase(f"no database at {target}: load files first (python -m kapdata load ...)")
     con = connect(target, read_only=True)
-    if not schema_current(con):
+    # The schema check costs two queries; skip it while the file is unchanged since it last passed.
+    key = str(target.resolve())
+    stamp = file_version(target)
+    if _schema_checked.get(key) != stamp and not schema_current(con):
         con.close()
         with session(target):
             pass
         con = connect(target, read_only=True)
+        stamp = file_version(target)
+    _schema_checked[key] = stamp
     try:
         yield con
     finally:

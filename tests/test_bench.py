@@ -33,7 +33,7 @@ def test_benchmark_harness_runs_on_a_tiny_cohort_and_writes_results(tmp_path: Pa
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(out.read_text())
     rows = doc["results"]["200"]["rows"]
-    for name in ("generation", "load", "floor", "peer", "outcomes", "overview"):
+    for name in ("generation", "load", "floor", "peer", "outcomes", "overview", "overview (page call)"):
         assert rows[name]["n"] == 1 and rows[name]["median"] > 0, name
     assert doc["results"]["200"]["patients"] == 200
     assert "peer / outcomes" in doc["results"]["200"]["ratios"]
