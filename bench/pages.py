@@ -29,11 +29,23 @@ def page_queries(path: Path) -> list[tuple[str, Query]]:
         ("overview", ov.overview),
         ("caseload", lambda con: patient.caseload(con, cohort.CohortFilter(), today=TODAY)),
         ("patient view", lambda con: patient.patient_view(con, one, today=TODAY)),
+        ("clinic outcomes (default filters)", lambda con: cohort.report(con, cohort.CohortFilter())),
+        (
+            "clinic outcomes (provider breakdown)",
+            lambda con: cohort.report(con, cohort.CohortFilter(), breakdown="provider"),
+        ),
         ("research export preview", lambda con: ex.preview(con, ex.ExportSpec())),
     ]
 
 
-PAGE_ROWS: tuple[str, ...] = ("overview", "caseload", "patient view", "research export preview")
+PAGE_ROWS: tuple[str, ...] = (
+    "overview",
+    "caseload",
+    "patient view",
+    "clinic outcomes (default filters)",
+    "clinic outcomes (provider breakdown)",
+    "research export preview",
+)
 
 
 def page_measurements(path: Path) -> Iterator[tuple[str, Callable[[], object]]]:

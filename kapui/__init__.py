@@ -20,6 +20,8 @@ from kapdata.cohort import CohortFilter
 
 #: Session-state keys of the shared sidebar filters. dashboard.py keeps them alive across pages.
 FILTER_KEYS = ("f_start", "f_clinics", "f_providers", "f_routes", "f_conditions")
+#: Other widget keys whose values should survive a visit to another page (clinic outcomes controls).
+KEPT_KEYS = FILTER_KEYS + ("co_scales", "co_endpoint", "co_population", "co_breakdown", "co_axis")
 
 
 def page_guard() -> None:
@@ -91,7 +93,7 @@ def filter_options(path: str, version: tuple[int, int]) -> filters.FilterOptions
 
 def keep_filter_state() -> None:
     """Streamlit forgets a widget's value on pages that do not draw it; re-storing keeps it."""
-    for key in FILTER_KEYS:
+    for key in KEPT_KEYS:
         if key in st.session_state:
             st.session_state[key] = st.session_state[key]
 

@@ -1,0 +1,304 @@
+"""Streamlit glue for the Clinic outcomes page: the cached report, the page's own controls, cell formats,
+and downloads (every chart as PNG from Plotly's toolbar and as a self-contained HTML file; every table and
+every chart's numbers as CSV).
+
+The report is one query batch on a short-lived read-only connection, cached on ``(path, data_version,
+filter, scales, endpoint, breakdown, weekly)``; it holds both populations, so the completers / ITT toggle
+redraws from the cache.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from kapdata import cohort, db
+from kapdata import instruments as reg
+from kapdata.charts import cohort as figs
+from kapdata.cohort import CohortFilter
+
+WARN = "⚠"
+SMALL_STYLE = "background-color: #fff3cd"
+PLOTLY_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
+
+
+@st.cache_data(show_spinner="Computing the cohort's outcomes…", max_entries=32)
+def report(
+    path: str,
+    version: tuple[int, int],
+    filt: CohortFilter,
+    scales: tuple[str, ...],
+    endpoint: str,
+    breakdown: str | None,
+    weekly: bool,
+) -> cohort.CohortReport:
+    with db.reader(path) as con:
+        return cohort.report(con, filt, scales, endpoint=endpoint, breakdown=breakdown, weekly=weekly)
+
+
+@dataclass(frozen=True)
+class Controls:
+    scales: tuple[str, ...]
+    endpoint: str
+    population: str
+    breakdown: str | None
+
+    @property
+    def population_label(self) -> str:
+        return cohort.POPULATION_LABELS[self.population]
+
+    @property
+    def endpoint_label(self) -> str:
+        return cohort.PHASE_LABELS[self.endpoint]
+
+
+def controls() -> Controls:
+    """The page's own choices: scales, endpoint, completers / ITT, breakdown."""
+    c = st.columns([3, 2, 3, 2], vertical_alignment="bottom")
+    codes = list(reg.BY_CODE)
+    scales = c[0].multiselect("Scales", codes, default=codes, key="co_scales")
+    endpoint = c[1].selectbox(
+        "Endpoint",
+        db.ENDPOINT_PHASES,
+        index=db.ENDPOINT_PHASES.index("latest"),
+        format_func=cohort.PHASE_LABELS.get,
+        key="co_endpoint",
+        help="The phase whose last score counts as the endpoint for the headline rates, severity shift, "
+        "waterfall, breakdown and published comparison. Latest: each patient's last score after baseline.",
+    )
+    population = c[2].radio(
+        "Analysis",
+        cohort.POPULATIONS,
+        format_func=cohort.POPULATION_LABELS.get,
+        horizontal=True,
+        key="co_population",
+        help=" ".join(cohort.POPULATION_HELP.values()),
+    )
+    breakdown = c[3].selectbox(
+        "Breakdown",
+        (None, *cohort.DIMENSIONS),
+        format_func=lambda d: "none" if d is None else cohort.DIMENSION_LABELS[d],
+        key="co_breakdown",
+        help="Compare response and remission, and the mean trajectory, across groups.",
+    )
+    return Controls(
+        tuple(s for s in codes if s in scales), str(endpoint), str(population or "completers"), breakdown
+    )
+
+
+# --- cell formats -----------------------------------------------------------------------------------------
+
+
+def pct(value: float | None) -> str:
+    return "–" if value is None or pd.isna(value) else f"{100 * float(value):.1f}%"
+
+
+def rate_cell(row: pd.Series, name: str) -> str:
+    """``31.2% (25.0–35.7) 84/279``, with ⚠ when n is under min_cell; ``–`` without any patient."""
+    n = int(row[f"{name}_n"])
+    if n == 0 or pd.isna(row[name]):
+        return "–"
+    text = (
+        f"{100 * row[name]:.1f}% ({100 * row[f'{name}_low']:.1f}–{100 * row[f'{name}_high']:.1f}) "
+        f"{int(row[f'{name}_k'])}/{n}"
+    )
+    return f"{text} {WARN}" if row[f"{name}_small"] else text
+
+
+def mean_cell(row: pd.Series, name: str) -> str:
+    """``16.7 (16.1–17.3)``; the mean alone when there is no interval (n < 2)."""
+    if pd.isna(row[name]):
+        return "–"
+    if pd.isna(row[f"{name}_low"]):
+        return f"{row[name]:.1f}"
+    sign = "+" if name == "mean_change" and row[name] > 0 else ""
+    return f"{sign}{row[name]:.1f} ({row[f'{name}_low']:.1f} to {row[f'{name}_high']:.1f})"
+
+
+def cells(frame: pd.DataFrame, fmt: Callable[[pd.Series, str], str], name: str) -> list[str]:
+    """One formatted text per row of a (small, aggregated) frame; empty for an empty frame."""
+    return [fmt(row, name) for _, row in frame.iterrows()]
+
+
+def mark_small(value: object) -> str:
+    return SMALL_STYLE if isinstance(value, str) and value.endswith(WARN) else ""
+
+
+def phase_display(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The phase table as the page shows it, one text cell per figure, in two parts that fit the page:
+    scores, response and remission; then reliable change and recovery."""
+    first = pd.DataFrame({"Scale": table["instrument"], "Phase": table["phase_label"]})
+    scores = first.assign(
+        n=[f"{n:,} {WARN}" if s else f"{n:,}" for n, s in zip(table["n"], table["small"], strict=True)],
+        **{
+            "Mean score (95% CI)": cells(table, mean_cell, "mean"),
+            "Mean change (95% CI)": cells(table, mean_cell, "mean_change"),
+        },
+    )
+    change = first.copy()
+    for name, label in cohort.RATE_LABELS.items():
+        target = scores if name in ("response", "remission") else change
+        target[label] = cells(table, rate_cell, name)
+    return scores, change[table["phase"] != "baseline"].reset_index(drop=True)
+
+
+def rates_display(frame: pd.DataFrame, names: dict[str, str], first: dict[str, str]) -> pd.DataFrame:
+    """``first`` columns as they are (renamed), then one text cell per rate in ``names``."""
+    out = frame[list(first)].rename(columns=first).copy()
+    for name, label in names.items():
+        out[label] = cells(frame, rate_cell, name)
+    return out
+
+
+# --- showing and downloading -------------------------------------------------------------------------------
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def csv_button(data: pd.DataFrame, name: str, *, label: str = "Download table (CSV)") -> None:
+    st.download_button(
+        label,
+        data.to_csv(index=False).encode("utf-8"),
+        file_name=f"{_slug(name)}.csv",
+        mime="text/csv",
+        key=f"csv_{_slug(name)}",
+        on_click="ignore",
+        icon=":material/download:",
+    )
+
+
+def table(display: pd.DataFrame, data: pd.DataFrame, name: str, *, all_rows: bool = False) -> None:
+    """A table as shown (cells from fewer than min_cell patients shaded) and its numbers as CSV.
+    ``all_rows``: tall enough to show every row without scrolling."""
+    height: int | str = 38 + 35 * len(display) if all_rows else "auto"
+    st.dataframe(display.style.map(mark_small), hide_index=True, width="stretch", height=height)
+    csv_button(data, name)
+
+
+def _html(fig: go.Figure) -> Callable[[], str]:
+    return lambda: fig.to_html(include_plotlyjs=True, full_html=True)
+
+
+def chart(fig: go.Figure, name: str, data: pd.DataFrame | None = None) -> None:
+    """A figure (PNG from its toolbar's camera), a self-contained HTML copy, and its numbers as CSV."""
+    config = PLOTLY_CONFIG | {
+        "toImageButtonOptions": PLOTLY_CONFIG["toImageButtonOptions"] | {"filename": _slug(name)}
+    }
+    st.plotly_chart(fig, width="stretch", config=config, key=f"fig_{_slug(name)}")
+    row = st.container(horizontal=True)
+    row.download_button(
+        "Chart (HTML)",
+        _html(fig),
+        file_name=f"{_slug(name)}.html",
+        mime="text/html",
+        key=f"html_{_slug(name)}",
+        on_click="ignore",
+        icon=":material/download:",
+        help="The interactive chart as one HTML file that opens offline. "
+        "For a PNG use the camera in the chart's toolbar.",
+    )
+    if data is not None:
+        with row:
+            csv_button(data, name, label="Chart data (CSV)")
+
+
+# --- sections ----------------------------------------------------------------------------------------------
+
+
+def headline_cards(rep: cohort.CohortReport, head: pd.DataFrame) -> None:
+    """One card per scale: response and remission at the endpoint with n and the 95% interval."""
+    if head.empty:
+        st.info("No patient in this cohort has a baseline on the chosen scales.")
+        return
+    for col, (_, row) in zip(st.columns(len(head)), head.iterrows(), strict=True):
+        t = rep.thresholds[row["instrument"]]
+        small = f" {WARN} fewer than {rep.min_cell}" if row["small"] else ""
+        with col.container(border=True):
+            st.markdown(f"**{row['instrument']}** · n = {row['n']:,}{small}")
+            a, b = st.columns(2)
+            a.metric(
+                "Response", pct(row["response"]), help=f"≥ {t['response_pct']}% reduction from baseline."
+            )
+            a.caption(rate_cell(row, "response"))
+            b.metric("Remission", pct(row["remission"]), help=f"Endpoint score below {t['remission_below']}.")
+            b.caption(rate_cell(row, "remission"))
+
+
+def funnel_display(funnel: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "Stage": funnel["label"],
+            "Patients": [f"{n:,}" for n in funnel["retained"]],
+            "%": ["–" if pd.isna(p) else f"{p:.0f}%" for p in funnel["pct_enrolled"]],
+            "Lost": [f"{n:,}" for n in funnel["lost"]],
+            "Reached": [f"{n:,}" for n in funnel["reached"]],
+        }
+    )
+
+
+def funnel_caption() -> str:
+    parts = [f"**{cohort.FUNNEL_STAGES[k]}**: {v}" for k, v in cohort.FUNNEL_HELP.items() if k != "enrolled"]
+    return "Each stage counts patients who also reached every stage before it. " + " ".join(parts)
+
+
+def safety_section(rep: cohort.CohortReport, ctl: Controls) -> None:
+    """Self-harm item, reliable deterioration and blood pressure (left); side effects (right)."""
+    safe = cohort.safety_tables(rep, ctl.population)
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Self-harm item endorsed (PHQ-9 item 9 above 0)**")
+        items = safe["items"]
+        shown = rates_display(
+            items, {"rate": "Patients endorsing"}, {"instrument": "Scale", "timepoint": "At"}
+        )
+        table(shown, items, f"safety items {ctl.population}")
+        st.markdown(f"**Reliable deterioration at {ctl.endpoint_label.lower()}**")
+        det = safe["deterioration"]
+        names = {"reliable_deterioration": "Reliable deterioration"}
+        table(
+            rates_display(det, names, {"instrument": "Scale"}),
+            det,
+            f"reliable deterioration {ctl.population}",
+        )
+        s = rep.sessions
+        sys_bp, dia_bp = s.get("bp_sys_threshold") or 0, s.get("bp_dia_threshold") or 0
+        st.markdown(f"**Blood pressure above {sys_bp:.0f}/{dia_bp:.0f} mmHg** (before or after a dose)")
+        bp = safe["blood_pressure"]
+        table(rates_display(bp, {"rate": "Share"}, {"measure": "Measure"}), bp, "blood pressure")
+    with right:
+        fx = safe["side_effects"]
+        chart(figs.side_effects(fx), "side effects", fx)
+
+
+def published_section(head: pd.DataFrame, published: pd.DataFrame, ctl: Controls) -> None:
+    """The comparison chart, a compact table and the full citations."""
+    fig = figs.published_comparison(
+        head, published, population_label=ctl.population_label, endpoint_label=ctl.endpoint_label
+    )
+    chart(fig, f"published comparison {ctl.population}")
+    shown = pd.DataFrame(
+        {
+            "Study": published["study"],
+            "Scale": published["instrument"],
+            "Response": published["response"].map(pct),
+            "Remission": published["remission"].map(pct),
+            "Treatment": published["treatment"],
+            "Measured": published["endpoint"],
+            "Patients": published["population"],
+        }
+    )
+    table(shown.drop(columns=["Patients"]), published, "published results")
+    notes = published.drop_duplicates("study")
+    st.caption(
+        "  \n".join(
+            f"**{study}** · {who}. {text}"
+            for study, who, text in zip(notes["study"], notes["population"], notes["citation"], strict=True)
+        )
+    )

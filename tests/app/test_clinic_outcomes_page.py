@@ -1,0 +1,110 @@
+"""The Clinic outcomes page in AppTest: its numbers are the report's; filters and the toggle change them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+from kapdata import cohort, db
+
+from .conftest import ROOT
+
+
+def open_page() -> AppTest:
+    at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=60).run()
+    at.switch_page("pages/clinic_outcomes.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def expected(path: Path, flt: cohort.CohortFilter | None = None, **kw: object) -> cohort.CohortReport:
+    with db.reader(path) as con:
+        return cohort.report(con, flt, **kw)
+
+
+def metrics(at: AppTest, label: str) -> list[str]:
+    return [m.value for m in at.metric if m.label == label]
+
+
+def shown_rates(rep: cohort.CohortReport, population: str, name: str) -> list[str]:
+    return [f"{100 * r:.1f}%" for r in cohort.headline(rep, population)[name]]
+
+
+def test_page_shows_the_cohort_counts_and_completers_rates(app_env: Path) -> None:
+    at = open_page()
+    rep = expected(app_env)
+    tiles = rep.tiles()
+    assert metrics(at, "Patients in cohort") == [f"{tiles['enrolled']:,}"]
+    assert metrics(at, "Started dosing") == [f"{tiles['first_dose']:,}"]
+    assert metrics(at, "Finished dosing") == [f"{tiles['dosing_complete']:,}"]
+    assert metrics(at, "Reached follow-up") == [f"{tiles['follow_up']:,}"]
+    assert metrics(at, "Response") == shown_rates(rep, "completers", "response")
+    assert any(i.value.startswith("**Completers:") for i in at.info)
+    assert len(at.get("plotly_chart")) >= 5
+
+
+def test_itt_toggle_changes_the_numbers_and_says_so(app_env: Path) -> None:
+    at = open_page()
+    before = metrics(at, "Response")
+    at.radio(key="co_population").set_value("itt").run()
+    assert not at.exception, at.exception
+    rep = expected(app_env)
+    after = metrics(at, "Response")
+    assert after == shown_rates(rep, "itt", "response")
+    assert after != before
+    assert any(i.value.startswith("**Intention-to-treat:") for i in at.info)
+    assert any("intention-to-treat" in s.value for s in at.subheader)
+
+
+def test_clinic_filter_changes_every_count(app_env: Path) -> None:
+    at = open_page()
+    clinic = at.multiselect(key="f_clinics").options[0]
+    at.multiselect(key="f_clinics").set_value([clinic]).run()
+    assert not at.exception, at.exception
+    rep = expected(app_env, cohort.CohortFilter(clinics=(clinic,)))
+    assert metrics(at, "Patients in cohort") == [f"{rep.tiles()['enrolled']:,}"]
+    assert metrics(at, "Remission") == shown_rates(rep, "completers", "remission")
+    assert rep.tiles()["enrolled"] < expected(app_env).tiles()["enrolled"]
+
+
+def test_endpoint_choice_moves_the_headline_rates(app_env: Path) -> None:
+    at = open_page()
+    at.selectbox(key="co_endpoint").set_value("dosing").run()
+    assert not at.exception, at.exception
+    rep = expected(app_env, endpoint="dosing")
+    assert metrics(at, "Response") == shown_rates(rep, "completers", "response")
+    assert any("at end of dosing" in s.value for s in at.subheader)
+
+
+def test_breakdown_and_weekly_trajectory_draw_their_panels(app_env: Path) -> None:
+    at = open_page()
+    tables_before = len(at.dataframe)
+    at.selectbox(key="co_breakdown").set_value("route").run()
+    assert not at.exception, at.exception
+    assert len(at.dataframe) == tables_before + 1  # the breakdown table
+    routes = set(cohort.breakdown_table(expected(app_env, breakdown="route"), "completers")["group"])
+    shown = next(d.value for d in at.dataframe if "Route" in d.value.columns)
+    assert set(shown["Route"]) == routes
+    at.radio(key="co_axis").set_value("week").run()
+    assert not at.exception, at.exception
+    assert any("last score carried forward" in c.value for c in at.caption)
+
+
+def test_no_scale_chosen_asks_for_one(app_env: Path) -> None:
+    at = open_page()
+    at.multiselect(key="co_scales").set_value([]).run()
+    assert not at.exception, at.exception
+    assert any("Choose at least one scale" in i.value for i in at.info)
+    assert not metrics(at, "Patients in cohort")
+
+
+def test_empty_database_shows_zeros_and_a_hint(tmp_path: Path, monkeypatch) -> None:
+    empty = tmp_path / "empty.duckdb"
+    with db.session(empty):
+        pass
+    monkeypatch.setenv("KAP_DB", str(empty))
+    monkeypatch.setattr("kapdata.bootstrap.SAMPLE_DIR", tmp_path / "nothing-here")
+    at = open_page()
+    assert metrics(at, "Patients in cohort") == ["0"]
+    assert any("No patient in this cohort has a baseline" in i.value for i in at.info)
