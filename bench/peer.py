@@ -1,8 +1,8 @@
 """The "peer": per-patient outcomes the way a clinic analyst would write them by hand in pandas.
 
 Read the CSVs, derive phases from the sessions, take the baseline (last preparation score) and each phase's
-endpoint, and compute change, % change and response. It is a reference point for speed only: the product's
-numbers come from the SQL views.
+endpoint, and compute change, % change, response, remission, reliable change and recovery. It is a
+reference point for speed only: the product's numbers come from the SQL views.
 """
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ import numpy as np
 import pandas as pd
 
 RESPONSE_PCT = {"PHQ-9": 50, "GAD-7": 50, "PCL-5": 30}
+REMISSION_BELOW = {"PHQ-9": 5, "GAD-7": 5, "PCL-5": 33}
+RELIABLE_CHANGE = {"PHQ-9": 6, "GAD-7": 4, "PCL-5": 10}
+CASENESS = {"PHQ-9": 10, "GAD-7": 10, "PCL-5": 33}
 WINDOW_DAYS = 84
 
 
@@ -50,5 +53,12 @@ def pandas_outcomes(patients_csv: Path, sessions_csv: Path, scores_csv: Path) ->
     res["change"] = res["endpoint"] - res["baseline"]
     res["pct_change"] = np.where(res["baseline"] > 0, 100 * res["change"] / res["baseline"], np.nan)
     pct = res["instrument"].map(RESPONSE_PCT)
+    rc = res["instrument"].map(RELIABLE_CHANGE)
+    case = res["instrument"].map(CASENESS)
     res["response"] = (res["baseline"] - res["endpoint"]) * 100 >= pct * res["baseline"]
-    return res
+    res["remission"] = res["endpoint"] < res["instrument"].map(REMISSION_BELOW)
+    res["reliable_improvement"] = res["change"] <= -rc
+    res["reliable_deterioration"] = res["change"] >= rc
+    res["recovery"] = (res["baseline"] >= case) & (res["endpoint"] < case)
+    res["reliable_recovery"] = res["recovery"] & res["reliable_improvement"]
+    return res.sort_values(["patient_id", "instrument", "phase"])

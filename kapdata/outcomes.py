@@ -33,21 +33,23 @@ OUTCOME_COLUMNS: tuple[str, ...] = (
 BOOLEAN_COLUMNS: tuple[str, ...] = OUTCOME_COLUMNS[8:]
 
 
+#: Every row of the outcomes file, in file order (the columns are our constants).
+OUTCOMES_SQL = (
+    "SELECT " + ", ".join(OUTCOME_COLUMNS) + " FROM outcomes ORDER BY patient_id, instrument, phase_order"
+)
+_FILTERED_SQL = OUTCOMES_SQL.replace(
+    " ORDER BY",
+    " WHERE (CAST($code AS VARCHAR) IS NULL OR instrument = $code)"
+    " AND (CAST($pid AS VARCHAR) IS NULL OR patient_id = $pid) ORDER BY",
+)
+
+
 def outcomes_frame(
     con: duckdb.DuckDBPyConnection, instrument: str | None = None, patient_id: str | None = None
 ) -> pd.DataFrame:
     """One row per patient × instrument × endpoint phase (dosing, integration, follow-up, latest)."""
     code = reg.get(instrument).code if instrument else None
-    return con.execute(
-        """SELECT patient_id, instrument, phase, baseline, endpoint, endpoint_on, change, pct_change,
-                  response, remission, reliable_improvement, reliable_deterioration, recovery,
-                  reliable_recovery
-           FROM outcomes
-           WHERE (CAST($code AS VARCHAR) IS NULL OR instrument = $code)
-             AND (CAST($pid AS VARCHAR) IS NULL OR patient_id = $pid)
-           ORDER BY patient_id, instrument, phase_order""",
-        {"code": code, "pid": patient_id},
-    ).df()
+    return con.execute(_FILTERED_SQL, {"code": code, "pid": patient_id}).df()
 
 
 def format_for_csv(frame: pd.DataFrame) -> pd.DataFrame:

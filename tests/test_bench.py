@@ -24,6 +24,7 @@ def test_benchmark_harness_runs_on_a_tiny_cohort_and_writes_results(tmp_path: Pa
             str(tmp_path / "cache"),
             "--out",
             str(out),
+            "--no-app-rss",
         ],
         cwd=ROOT,
         capture_output=True,
