@@ -122,11 +122,14 @@ def measure(n: int, repeat: int, cache: Path, work: Path, app_rss: bool = False)
 
 
 def peak_rss(path: Path) -> dict[str, float]:
-    """Peak RSS of a fresh process that runs every page's queries once (as the app process would)."""
+    """Peak RSS of a fresh process that runs every page's queries once (as the app process would).
+
+    Read from /proc (VmHWM): getrusage's ru_maxrss would carry this big parent's peak across fork and exec.
+    """
     code = (
-        "import resource, sys; sys.path.insert(0, sys.argv[2]); from bench import pages; "
+        "import sys; sys.path.insert(0, sys.argv[2]); from bench import pages; "
         "from pathlib import Path; [fn() for _, fn in pages.page_measurements(Path(sys.argv[1]))]; "
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+        "print([int(x.split()[1]) / 1024 for x in open('/proc/self/status') if x.startswith('VmHWM:')][0])"
     )
     out = subprocess.run(
         [sys.executable, "-c", code, str(path), str(ROOT)], check=True, capture_output=True, text=True

@@ -158,7 +158,9 @@ VIEWS_SQL: tuple[str, ...] = (
         reliable_recovery := CASE WHEN b IS NOT NULL AND e IS NOT NULL
                                   THEN b >= caseness AND e < caseness AND e - b <= -rc END
     )""",
-    """CREATE OR REPLACE VIEW outcomes AS
+    # The definition of the per-patient outcomes. Pages read the table ``outcomes``, this view's rows
+    # stored by ``refresh_derived`` whenever data or settings change (see ``bump_data_version``).
+    """CREATE OR REPLACE VIEW outcomes_live AS
     WITH grid AS (
         SELECT p.patient_id, p.instrument, p.baseline, p.baseline_on, ph.phase, ph.ord,
                CASE ph.phase WHEN 'dosing' THEN p.dosing WHEN 'integration' THEN p.integration
@@ -329,6 +331,7 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
             con.execute("INSERT OR IGNORE INTO settings VALUES (?, ?)", [key, value])
         for statement in VIEWS_SQL:
             con.execute(statement)
+        refresh_derived(con)  # the definitions may have changed
         _meta_set(con, "views_hash", _views_hash())
         if version == 0:
             _meta_set(con, "data_version", "0")
@@ -358,7 +361,26 @@ def seed_registry(con: duckdb.DuckDBPyConnection, *, overwrite: bool) -> None:
     con.executemany(verb + " INTO instruments VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
 
+def refresh_derived(con: duckdb.DuckDBPyConnection) -> None:
+    """Store the ``outcomes_live`` view's rows as the table ``outcomes`` (sorted by patient, so a
+    one-patient read skips most of it). Every page reads the table: computing the outcomes once per
+    change instead of once per query keeps the pages fast at tens of thousands of patients."""
+    kind = con.execute(
+        "SELECT table_type FROM information_schema.tables "
+        "WHERE table_schema = 'main' AND table_name = 'outcomes'"
+    ).fetchone()
+    if kind and kind[0] == "VIEW":  # databases made before outcomes were stored
+        con.execute("DROP VIEW outcomes")
+    con.execute(
+        "CREATE OR REPLACE TABLE outcomes AS "
+        "SELECT * FROM outcomes_live ORDER BY patient_id, instrument, phase_order"
+    )
+
+
 def bump_data_version(con: duckdb.DuckDBPyConnection) -> None:
+    """Data or settings changed (inside the writer's transaction): recompute the stored outcomes and
+    move the version that caches are keyed on."""
+    refresh_derived(con)
     con.execute(
         "UPDATE meta SET value = CAST(CAST(value AS BIGINT) + 1 AS VARCHAR) WHERE key = 'data_version'"
     )

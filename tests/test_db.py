@@ -54,10 +54,37 @@ def test_ensure_schema_is_idempotent_and_keeps_data_and_settings(base_db):
 def test_views_are_recreated_when_their_text_changes(base_db):
     with db.session(base_db) as con:
         con.execute("UPDATE meta SET value = 'stale' WHERE key = 'views_hash'")
-        con.execute("DROP VIEW outcomes")
+        con.execute("DROP VIEW outcomes_live")
+        con.execute("DROP TABLE outcomes")
     with db.reader(base_db) as con:
         assert con.execute("SELECT count(*) FROM outcomes").fetchone() == (4,)
         assert db.schema_current(con)
+
+
+def test_a_database_whose_outcomes_were_a_view_gets_the_stored_table(base_db):
+    with db.session(base_db) as con:
+        con.execute("UPDATE meta SET value = 'stale' WHERE key = 'views_hash'")
+        con.execute("DROP TABLE outcomes")
+        con.execute("CREATE VIEW outcomes AS SELECT * FROM outcomes_live")
+    with db.reader(base_db) as con:
+        kind = con.execute(
+            "SELECT table_type FROM information_schema.tables WHERE table_name = 'outcomes'"
+        ).fetchone()
+        assert kind == ("BASE TABLE",)
+        assert con.execute("SELECT count(*) FROM outcomes").fetchone() == (4,)
+
+
+def test_stored_outcomes_follow_a_settings_change(base_db):
+    from kapdata import settings
+
+    with db.reader(base_db) as con:
+        before = con.execute("SELECT count_if(response) FROM outcomes").fetchone()
+    settings.update(base_db, thresholds={"PHQ-9": {"response_pct": 100}, "GAD-7": {"response_pct": 100}})
+    with db.reader(base_db) as con:
+        after = con.execute("SELECT count_if(response) FROM outcomes").fetchone()
+        live = con.execute("SELECT count_if(response) FROM outcomes_live").fetchone()
+    assert after == live
+    assert before != after
 
 
 def test_a_newer_schema_is_refused(db_file):

@@ -116,6 +116,7 @@ def data_frame(export: ex.Export) -> pd.DataFrame:
 def set_value(path: Path, sql: str, params: list[object]) -> None:
     with db.session(path) as con:
         con.execute(sql, params)
+        db.bump_data_version(con)  # what every writer does: stored outcomes follow
 
 
 # ---------------------------------------------------------------- shapes (golden files)

@@ -217,6 +217,7 @@ def test_response_threshold_from_the_instruments_table_changes_the_definitions(t
     path = build_cohort(tmp_path)
     with db.session(path) as con:
         con.execute("UPDATE instruments SET response_pct = 40 WHERE code = 'PHQ-9'")
+        db.bump_data_version(con)  # what every writer does: stored outcomes follow
     v = view(path, "S1")
     assert v.latest_outcome("PHQ-9")["response"] is True  # 43.75% ≥ 40%
     assert v.threshold("PHQ-9", "response_pct") == 40

@@ -222,9 +222,11 @@ def test_integration_window_setting_moves_a_score_to_follow_up(tmp_path):
     with db.session(db_file) as con:
         assert db.get_settings(con)["integration_window_days"] == 84
         con.execute("UPDATE settings SET value = 33 WHERE key = 'integration_window_days'")
+        db.bump_data_version(con)  # what every writer does: stored outcomes follow
     assert phase_of(db_file, "P1", "PHQ-9", "2025-05-01") == "integration"
     with db.session(db_file) as con:
         con.execute("UPDATE settings SET value = 32 WHERE key = 'integration_window_days'")
+        db.bump_data_version(con)
     assert phase_of(db_file, "P1", "PHQ-9", "2025-05-01") == "follow-up"
     row = outcome(db_file, "P1", "PHQ-9", "follow-up")
     assert (row["endpoint"], row["change"]) == (9, -11)
