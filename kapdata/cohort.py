@@ -19,15 +19,10 @@ import pandas as pd
 
 from kapdata import db, stats
 from kapdata import instruments as reg
+from kapdata.outcomes import BOOLEAN_COLUMNS
 
-RATE_NAMES: tuple[str, ...] = (
-    "response",
-    "remission",
-    "reliable_improvement",
-    "reliable_deterioration",
-    "recovery",
-    "reliable_recovery",
-)
+#: The per-patient outcome flags, as rates (the outcomes file's boolean columns).
+RATE_NAMES: tuple[str, ...] = BOOLEAN_COLUMNS
 
 
 @dataclass(frozen=True)

@@ -646,17 +646,7 @@ class Loader:
             FROM {st.table}"""
         )
         st.clean_ready = True
-        value_cols = [
-            "route",
-            "dose_mg",
-            "dose_mg_per_kg",
-            "bp_sys_pre",
-            "bp_dia_pre",
-            "bp_sys_post",
-            "bp_dia_post",
-            "dissociation",
-            "side_effects",
-        ]
+        value_cols = list(COLUMNS["sessions"][2:])  # everything but the key
         keys = ["patient_id", "session_date"]
         self._key_conflicts(
             st, keys, value_cols, "session_date", "session for the same patient and date", None

@@ -33,6 +33,7 @@ import pandas as pd
 from kapdata import cohort
 from kapdata import definitions as defs
 from kapdata import instruments as reg
+from kapdata.outcomes import BOOLEAN_COLUMNS
 from kapdata.settings import GENERAL_BY_KEY, THRESHOLDS, Settings, defaults
 
 #: A last session this recent means dosing is still under way.
@@ -462,12 +463,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "band",
     "change",
     "pct_change",
-    "response",
-    "remission",
-    "reliable_improvement",
-    "reliable_deterioration",
-    "recovery",
-    "reliable_recovery",
+    *BOOLEAN_COLUMNS,
 )
 SESSION_LOG_COLUMNS: tuple[str, ...] = (
     "session_no",

@@ -31,31 +31,13 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from kapdata import instruments as reg
+from kapdata.ingest import COLUMNS
 
 AS_OF_DEFAULT = datetime.date(2026, 11, 1)
 
-PATIENT_COLUMNS: tuple[str, ...] = (
-    "patient_id",
-    "clinic",
-    "provider",
-    "age_band",
-    "sex",
-    "primary_condition",
-    "route",
-)
-SESSION_COLUMNS: tuple[str, ...] = (
-    "patient_id",
-    "session_date",
-    "route",
-    "dose_mg",
-    "dose_mg_per_kg",
-    "bp_sys_pre",
-    "bp_dia_pre",
-    "bp_sys_post",
-    "bp_dia_post",
-    "dissociation",
-    "side_effects",
-)
+# The data contract's columns (kapdata.ingest is where they are defined).
+PATIENT_COLUMNS: tuple[str, ...] = COLUMNS["patients"]
+SESSION_COLUMNS: tuple[str, ...] = COLUMNS["sessions"]
 N_ITEM_COLUMNS = 20
 ITEM_COLUMNS: tuple[str, ...] = tuple(f"item_{i}" for i in range(1, N_ITEM_COLUMNS + 1))
 SCORE_COLUMNS: tuple[str, ...] = ("patient_id", "instrument", "assessed_on", "total", *ITEM_COLUMNS)
