@@ -886,7 +886,9 @@ class Loader:
             ).fetchone()
             loaded = (int(inserted[0]) if inserted else 0) + filled
         else:
-            self.con.execute(f"DELETE FROM new_rows WHERE ({key}) IN (SELECT ({key}) FROM {kind})")
+            # key and kind are our own identifiers (the contract's key columns and table name)
+            already = f"DELETE FROM new_rows WHERE ({key}) IN (SELECT ({key}) FROM {kind})"
+            self.con.execute(already)
             new_patients = self.con.execute(
                 """SELECT DISTINCT patient_id FROM new_rows
                    WHERE patient_id NOT IN (SELECT patient_id FROM patients) ORDER BY patient_id"""

