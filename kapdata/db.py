@@ -17,13 +17,14 @@ from pathlib import Path
 import duckdb
 
 from kapdata import instruments as reg
+from kapdata import phases
 
 DEFAULT_DB = Path("data") / "kap.duckdb"
 SCHEMA_VERSION = 1
 LOCK_WAIT_SECONDS = 15.0
 
-PHASES: tuple[str, ...] = ("preparation", "dosing", "integration", "follow-up")
-ENDPOINT_PHASES: tuple[str, ...] = ("dosing", "integration", "follow-up", "latest")
+PHASES = phases.PHASES
+ENDPOINT_PHASES = phases.ENDPOINT_PHASES
 
 #: Settings named by the design, with defaults. Stored in the ``settings`` table.
 DEFAULT_SETTINGS: dict[str, float] = {
@@ -105,28 +106,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 
 # Derived views, re-created whenever this text changes (its hash is kept in meta).
 VIEWS_SQL: tuple[str, ...] = (
-    # Per-patient dosing span.
-    """CREATE OR REPLACE VIEW patient_dosing AS
-    SELECT patient_id, min(session_date) AS first_session, max(session_date) AS last_session,
-           count(*) AS n_sessions
-    FROM sessions GROUP BY patient_id""",
-    # Every score with its phase (DESIGN §4): explicit phase wins, else derived from the sessions.
-    """CREATE OR REPLACE VIEW scores_phased AS
-    WITH w AS (SELECT CAST(value AS INTEGER) AS days FROM settings WHERE key = 'integration_window_days')
-    SELECT s.patient_id, s.instrument, s.assessed_on, s.assessed_at, s.total, s.items, s.batch_id,
-           coalesce(s.phase, CASE
-               WHEN d.first_session IS NULL OR s.assessed_on <= d.first_session THEN 'preparation'
-               WHEN s.assessed_on <= d.last_session THEN 'dosing'
-               WHEN s.assessed_on <= d.last_session + (SELECT days FROM w) THEN 'integration'
-               ELSE 'follow-up' END) AS phase,
-           s.phase IS NOT NULL AS phase_explicit,
-           CAST(s.assessed_on - d.first_session AS INTEGER) AS day,
-           -- Safety flag: an answer > 0 on a safety item (PHQ-9 item 9); unknown when only a total is given.
-           CASE WHEN len(i.safety_items) = 0 THEN false
-                WHEN s.items IS NOT NULL THEN len(list_filter(i.safety_items, lambda k: s.items[k] > 0)) > 0
-           END AS safety_flag
-    FROM scores s LEFT JOIN patient_dosing d USING (patient_id)
-    LEFT JOIN instruments i ON i.code = s.instrument""",
+    *phases.PHASE_VIEWS_SQL,
     # Baseline: the last score of a scale in preparation. Latest: the last score after baseline
     # (the last score outside preparation). Phase endpoints: the last score in each phase.
     """CREATE OR REPLACE VIEW score_points AS
