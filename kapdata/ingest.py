@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 import duckdb
+import pyarrow as pa
 
 from kapdata import db
 from kapdata import instruments as reg
@@ -264,6 +265,23 @@ def _read_raw(con: duckdb.DuckDBPyConnection, src: SourceFile, table: str) -> in
     raise FileError(f"unsupported file type {suffix or '(none)'}: use .csv, .parquet or .xlsx")
 
 
+def _spreadsheet_rows(path: Path) -> list[int] | None:
+    """Row numbers, as a spreadsheet shows them, of a CSV file's data records, when the file has blank
+    lines (DuckDB skips those, so counting its rows would report every later row too early); else None."""
+    if path.suffix.lower() not in (".csv", ".txt", ".tsv"):
+        return None
+    data = path.read_bytes()
+    if b"\n\n" not in data and b"\n\r\n" not in data:
+        return None
+    import csv
+    import io
+
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    text = io.StringIO(data.decode("utf-8-sig", errors="replace"), newline="")
+    records = enumerate(csv.reader(text, delimiter=delimiter), start=1)
+    return [row for row, record in records if record and row > 1]
+
+
 def _classify(columns: Sequence[str]) -> Kind | None:
     cols = set(columns)
     if "instrument" in cols or any(ITEM_COLUMN_RE.match(c) for c in cols) or "assessed_on" in cols:
@@ -380,9 +398,9 @@ class _Staged:
     result: FileResult
     table: str  # parsed rows
     raw: str
-    row_offset: int
     columns: dict[str, int]  # normalized name -> position (1-based) in raw
     item_numbers: list[int]
+    row_expr: str = "rowid"  # SQL over the raw table giving each row's number as the reports show it
     bad_rows: set[int] = field(default_factory=set)
     clean_ready: bool = False  # the typed ``<table>_clean`` exists (and must be marked too)
     marked: int = 0  # how many of bad_rows are already marked not ok in the tables
@@ -451,6 +469,18 @@ class Loader:
         # Temp-table row ids start at an arbitrary base: shift them so the first data row gets its
         # spreadsheet number (2 under a header row; 1 in Parquet).
         offset -= int(count[1]) if count else 0
+        row_numbers = _spreadsheet_rows(src.path)
+        if row_numbers is not None and len(row_numbers) == result.rows_read:
+            # Blank lines: number each row from the file itself (the rows keep their order).
+            numbers = pa.table({"_idx": range(len(row_numbers)), "_kap_row": row_numbers})  # noqa: F841
+            base = int(count[1]) if count else 0
+            self.con.execute(
+                f"CREATE OR REPLACE TEMP TABLE {raw} AS SELECT r.* EXCLUDE (_idx), n._kap_row FROM "
+                f"(SELECT *, rowid - {base} AS _idx FROM {raw}) r JOIN numbers n USING (_idx) ORDER BY _idx"
+            )
+            mapped = True
+        else:
+            mapped = False
         if kind is None:
             self._problem(
                 src,
@@ -487,12 +517,18 @@ class Loader:
         if any(p.file == src.name and p.severity == "error" for p in self.result.problems):
             return None
         return _Staged(
-            src, result, f"parsed_{index}", raw, offset, positions, items if kind == "scores" else []
+            src,
+            result,
+            f"parsed_{index}",
+            raw,
+            positions,
+            items if kind == "scores" else [],
+            row_expr="_kap_row" if mapped else f"CAST(rowid + {offset} AS BIGINT)",
         )
 
     def _select_text(self, st: _Staged, columns: Iterable[str]) -> str:
         """SELECT list projecting the raw table's columns (by position) as trimmed text or NULL."""
-        parts = [f"CAST(rowid + {st.row_offset} AS BIGINT) AS row_no"]
+        parts = [f"{st.row_expr} AS row_no"]
         for name in columns:
             pos = st.columns.get(name)
             if pos is None:
@@ -955,8 +991,9 @@ class Loader:
         )
         target.parent.mkdir(parents=True, exist_ok=True)
         frame = self.con.execute(
-            f"""SELECT r.* EXCLUDE (_rn), e.row_no AS _row, e.reasons AS _errors
-                FROM (SELECT *, CAST(rowid + {st.row_offset} AS BIGINT) AS _rn FROM {st.raw}) r
+            f"""SELECT r.* EXCLUDE (_rn{", _kap_row" if st.row_expr == "_kap_row" else ""}),
+                       e.row_no AS _row, e.reasons AS _errors
+                FROM (SELECT *, {st.row_expr} AS _rn FROM {st.raw}) r
                 JOIN (SELECT row_no, string_agg(reason, '; ' ORDER BY reason) AS reasons
                       FROM reject_reasons GROUP BY row_no) e ON e.row_no = r._rn
                 ORDER BY e.row_no"""

@@ -920,3 +920,21 @@ def test_quarantine_of_several_files_names_one_rejects_file_each(tmp_path, base_
     }
     assert pd.read_csv(tmp_path / "rej-s.csv")["_row"].tolist() == [3]
     assert {f.file: (f.rows_loaded, f.rows_rejected) for f in res.files} == {"a.csv": (1, 1), "s.csv": (1, 1)}
+
+
+def test_rows_after_blank_lines_keep_their_spreadsheet_numbers(tmp_path, base_db):
+    # DuckDB skips blank lines; a spreadsheet shows them as rows. Reports follow the spreadsheet.
+    f = write_text(
+        tmp_path / "scores.csv",
+        "patient_id,instrument,assessed_on,total\r\nP1,PHQ-9,2025-02-20,5\r\n\r\n"
+        "P1,PHQ-9,2025-02-21,50\r\n\r\n\r\nP1,GAD-7,2025-02-22,99\r\n",
+    )
+    before = snapshot(base_db)
+    result = rejected(base_db, f)
+    assert [(p.row, p.column, p.value) for p in result.errors] == [(4, "total", "50"), (7, "total", "99")]
+    assert snapshot(base_db) == before
+    out = tmp_path / "rejects.csv"
+    ingest.load_files([f], base_db, on_error="quarantine", rejects=out, today=TODAY)
+    rejects = pd.read_csv(out)
+    assert rejects["_row"].tolist() == [4, 7]
+    assert "_kap_row" not in rejects.columns
