@@ -156,6 +156,7 @@ class FileResult:
     batch_id: int | None = None
     identical_to_batch: int | None = None
     rejects_path: Path | None = None
+    refused: bool = False  # refused as a whole: unreadable, unknown kind, missing column, identifier column
 
     def summary(self) -> str:
         if self.identical_to_batch is not None:
@@ -1051,7 +1052,9 @@ def load_with_connection(
         staged: list[_Staged] = []
         for index, src in enumerate(sources):
             st = loader._stage(index, src)
-            if st is not None:
+            if st is None:
+                result.files[-1].refused = True
+            else:
                 staged.append(st)
         file_errors = any(p.severity == "error" for p in result.problems)
         # Identical re-import of a whole file is a no-op, and so is the same file given twice in one call.

@@ -166,7 +166,7 @@ class Validation:
     @property
     def refused(self) -> list[str]:
         """Files refused as a whole (unreadable, unknown kind, missing column, identifier column)."""
-        names = {p.file for p in self.errors if p.row is None or "direct identifier" in p.reason}
+        names = {f.file for f in self.result.files if f.refused} if self.result else set()
         return [s.name for s in self.sources if s.name in names]
 
     @property

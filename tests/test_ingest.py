@@ -938,3 +938,12 @@ def test_rows_after_blank_lines_keep_their_spreadsheet_numbers(tmp_path, base_db
     rejects = pd.read_csv(out)
     assert rejects["_row"].tolist() == [4, 7]
     assert "_kap_row" not in rejects.columns
+
+
+def test_a_file_refused_as_a_whole_is_marked_refused(tmp_path, base_db):
+    good = scores_file(tmp_path, [("P1", "PHQ-9", "2025-02-20", 5)])
+    bad = write_text(
+        tmp_path / "named.csv", "patient_id,name,instrument,assessed_on,total\nP1,x,PHQ-9,2025-02-20,5\n"
+    )
+    result = rejected(base_db, good, bad)
+    assert [(f.file, f.refused) for f in result.files] == [("scores.csv", False), ("named.csv", True)]
