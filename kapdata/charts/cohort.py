@@ -14,10 +14,16 @@ from plotly.subplots import make_subplots
 
 from kapdata import cohort
 from kapdata import instruments as reg
-from kapdata.charts.common import INSTRUMENT_COLORS, PHASE_COLORS, base_layout
+from kapdata.charts.common import (
+    INSTRUMENT_COLORS,
+    PHASE_COLORS,
+    SEVERITY_COLORS,
+    base_layout,
+    severity_colors,
+)
 
 #: Severity from mildest to most severe (the same scale the patient view uses for its bands).
-SEVERITY_COLORS: tuple[str, ...] = ("#1a9850", "#91cf60", "#fee08b", "#fc8d59", "#d73027")
+
 #: Waterfall bars by outcome (the categories of ``cohort.WATERFALL_CATEGORIES``, in order).
 CATEGORY_COLORS: dict[str, str] = dict(
     zip(cohort.WATERFALL_CATEGORIES, ("#1a9850", "#91cf60", "#bdbdbd", "#d73027"), strict=True)
@@ -66,14 +72,6 @@ def band_colors(inst: reg.Instrument, labels: Mapping[int, str]) -> dict[int, st
     without validated bands has two: below and at or above its caseness)."""
     scale = severity_colors(len(inst.bands) or 2)
     return {o: BAND_LABEL_COLORS.get(label, scale[min(o, len(scale)) - 1]) for o, label in labels.items()}
-
-
-def severity_colors(n: int) -> list[str]:
-    """``n`` colours from green (mildest) to red (most severe)."""
-    if n <= 1:
-        return [SEVERITY_COLORS[0]] * n
-    last = len(SEVERITY_COLORS) - 1
-    return [SEVERITY_COLORS[round(i * last / (n - 1))] for i in range(n)]
 
 
 def _empty(title: str, message: str, height: int = 260) -> go.Figure:

@@ -14,6 +14,18 @@ PHASE_COLORS: dict[str, str] = {
     "follow-up": "#fc8d62",
 }
 INSTRUMENT_COLORS: dict[str, str] = {"PHQ-9": "#1f77b4", "GAD-7": "#2ca02c", "PCL-5": "#9467bd"}
+#: Severity bands from the mildest to the most severe (green to red).
+SEVERITY_COLORS: tuple[str, ...] = ("#1a9850", "#91cf60", "#fee08b", "#fc8d59", "#d73027")
+
+
+def severity_colors(n: int) -> list[str]:
+    """``n`` colours from green (mildest) to red (most severe): one per band of a scale."""
+    if n <= 1:
+        return [SEVERITY_COLORS[0]] * n
+    last = len(SEVERITY_COLORS) - 1
+    return [SEVERITY_COLORS[round(i * last / (n - 1))] for i in range(n)]
+
+
 FONT = "Source Sans Pro, Arial, sans-serif"
 
 

@@ -9,11 +9,16 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from kapdata import instruments as reg
-from kapdata.charts.common import INSTRUMENT_COLORS, PHASE_COLORS, base_layout
+from kapdata.charts.common import (
+    INSTRUMENT_COLORS,
+    PHASE_COLORS,
+    SEVERITY_COLORS,
+    base_layout,
+    severity_colors,
+)
 from kapdata.patient import PatientView, caseness_name, response_target
 
 #: Severity bands, mildest to most severe (faint backgrounds).
-BAND_COLORS: tuple[str, ...] = ("#1a9850", "#91cf60", "#fee08b", "#fc8d59", "#d73027")
 SESSION_COLOR = "#ad1457"
 SAFETY_COLOR = "#c62828"
 TARGET_COLORS: dict[str, str] = {"response": "#2e7d32", "remission": "#00838f", "caseness": "#455a64"}
@@ -36,14 +41,6 @@ def _ts(value: dt.date) -> pd.Timestamp:
     return pd.Timestamp(value)
 
 
-def band_colors(n: int) -> list[str]:
-    """``n`` colours from green to red (every band of a scale gets one)."""
-    if n <= 1:
-        return [BAND_COLORS[0]] * n
-    last = len(BAND_COLORS) - 1
-    return [BAND_COLORS[round(i * last / (n - 1))] for i in range(n)]
-
-
 def x_range(view: PatientView) -> tuple[dt.date, dt.date]:
     """From a few days before the first record to a week after the last (up to today while care is active)."""
     status = view.status
@@ -64,9 +61,9 @@ def _label(fig: go.Figure, **kw: object) -> None:
 def _severity_background(fig: go.Figure, inst: reg.Instrument, caseness: int) -> None:
     """The scale's severity bands as faint horizontal bands, labelled on the right."""
     bands = [(b.low, min(b.high + 1, inst.total_max), b.label) for b in inst.bands]
-    colors = band_colors(len(bands))
+    colors = severity_colors(len(bands))
     if not bands:  # no validated bands (PCL-5): the probable-PTSD range only
-        bands, colors = [(caseness, inst.total_max, "probable<br>PTSD")], [BAND_COLORS[-1]]
+        bands, colors = [(caseness, inst.total_max, "probable<br>PTSD")], [SEVERITY_COLORS[-1]]
     for (low, high, label), color in zip(bands, colors, strict=True):
         fig.add_hrect(y0=low, y1=high, fillcolor=color, opacity=0.07, line_width=0, layer="below")
         _label(fig, x=1.0, xref="paper", xanchor="left", y=(low + high) / 2, text=label)
