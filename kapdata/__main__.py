@@ -92,12 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _print_rejected(exc: ingest.ImportRejected) -> int:
     res = exc.result
-    errors = res.errors
-    rows = len({(p.file, p.row) for p in errors})
-    print(
-        f"Import rejected: {len(errors)} problem(s) in {rows} row(s); the database is unchanged.",
-        file=sys.stderr,
-    )
+    print(f"Import rejected: {res.headline()}; the database is unchanged.", file=sys.stderr)
     for problem in res.problems:
         print(f"  {problem.severity}: {problem}", file=sys.stderr)
     return 2

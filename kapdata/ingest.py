@@ -187,11 +187,19 @@ class LoadResult:
     def errors(self) -> list[Problem]:
         return [p for p in self.problems if p.severity == "error"]
 
-    def report(self) -> str:
+    def headline(self) -> str:
+        """``3 problem(s) in 2 row(s) of 1 file(s)``-style summary of the errors."""
         errors = self.errors
-        rows = {(p.file, p.row) for p in errors}
-        head = f"{len(errors)} problem(s) in {len(rows)} row(s)" if errors else "no errors"
-        lines = [head] + [f"{p.severity}: {p}" for p in self.problems]
+        if not errors:
+            return "no errors"
+        rows = {(p.file, p.row) for p in errors if p.row is not None}
+        whole = {p.file for p in errors if p.row is None}
+        parts = [f"{len(rows)} row(s)"] if rows else []
+        parts += [f"{len(whole)} whole file(s)"] if whole else []
+        return f"{len(errors)} problem(s) in " + " and ".join(parts)
+
+    def report(self) -> str:
+        lines = [self.headline()] + [f"{p.severity}: {p}" for p in self.problems]
         return "\n".join(lines)
 
 

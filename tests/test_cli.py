@@ -357,3 +357,13 @@ def test_init_loads_a_sample_folder_once(tmp_path):
     write_text(folder / "scores.csv", csv_lines(SCORES_HEADER, [("P1", "PHQ-9", "2025-01-01", 99)]))
     proc = run_cli("init", "--db", "other.duckdb", "--sample-dir", "sample", cwd=tmp_path)
     assert proc.returncode == 2 and "total out of range" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_file_refused_as_a_whole_is_reported_as_a_file_not_a_row(tmp_path):
+    other = write_text(tmp_path / "other.csv", "a,b\n1,2\n")
+    proc = run_cli("load", str(other), "--db", "kap.duckdb", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[0] == (
+        "Import rejected: 1 problem(s) in 1 whole file(s); the database is unchanged."
+    )
+    assert "Traceback" not in proc.stderr
