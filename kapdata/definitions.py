@@ -404,17 +404,6 @@ def benchmark_table() -> pd.DataFrame:
     )
 
 
-def definitions_frame(items: list[Definition]) -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "term": [d.term for d in items],
-            "in plain words": [d.meaning for d in items],
-            "formula": [d.formula for d in items],
-            "source": [d.source for d in items],
-        }
-    )
-
-
 def _md_table(frame: pd.DataFrame) -> str:
     def cell(v: object) -> str:
         return str(v).replace("|", "\\|").replace("\n", " ")

@@ -219,12 +219,19 @@ class ImportRejected(Exception):
 # --------------------------------------------------------------------------------------------- reading
 
 
-def sha256_of(path: Path) -> str:
+def fingerprint(path: Path) -> tuple[str, bool]:
+    """The file's sha256, and whether it has a blank line (read once, in chunks)."""
     h = hashlib.sha256()
+    blank = False
+    tail = b""
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()
+            if not blank:
+                window = tail + chunk  # a blank line may straddle two chunks
+                blank = b"\n\n" in window or b"\n\r\n" in window
+                tail = chunk[-2:]
+    return h.hexdigest(), blank
 
 
 def normalize_header(name: str) -> str:
@@ -275,13 +282,11 @@ def _read_raw(con: duckdb.DuckDBPyConnection, src: SourceFile, table: str) -> in
 
 
 def _spreadsheet_rows(path: Path) -> list[int] | None:
-    """Row numbers, as a spreadsheet shows them, of a CSV file's data records, when the file has blank
-    lines (DuckDB skips those, so counting its rows would report every later row too early); else None."""
+    """Row numbers, as a spreadsheet shows them, of a CSV file's data records (called when the file has
+    blank lines: DuckDB skips those, so counting its rows would report every later row too early)."""
     if path.suffix.lower() not in (".csv", ".txt", ".tsv"):
         return None
     data = path.read_bytes()
-    if b"\n\n" not in data and b"\n\r\n" not in data:
-        return None
     import csv
     import io
 
@@ -445,7 +450,8 @@ class Loader:
         self.result.problems.append(Problem(src.name, row, column, value, reason, severity))
 
     def _stage(self, index: int, src: SourceFile) -> _Staged | None:
-        result = FileResult(src.name, None, sha256_of(src.path) if src.path.exists() else "")
+        sha, has_blank_line = fingerprint(src.path) if src.path.exists() else ("", False)
+        result = FileResult(src.name, None, sha)
         self.result.files.append(result)
         raw = f"raw_{index}"
         try:
@@ -478,7 +484,7 @@ class Loader:
         # Temp-table row ids start at an arbitrary base: shift them so the first data row gets its
         # spreadsheet number (2 under a header row; 1 in Parquet).
         offset -= int(count[1]) if count else 0
-        row_numbers = _spreadsheet_rows(src.path)
+        row_numbers = _spreadsheet_rows(src.path) if has_blank_line else None
         if row_numbers is not None and len(row_numbers) == result.rows_read:
             # Blank lines: number each row from the file itself (the rows keep their order).
             numbers = pa.table({"_idx": range(len(row_numbers)), "_kap_row": row_numbers})  # noqa: F841
@@ -1085,7 +1091,8 @@ def load_with_connection(
                 first_of[st.result.sha256] = st
         staged.sort(key=lambda s: KIND_ORDER.index(s.result.kind or "scores"))
         for st in staged:
-            getattr(loader, f"_parse_{st.result.kind}")(st)
+            parse = {"patients": loader._parse_patients, "sessions": loader._parse_sessions}
+            parse.get(st.result.kind or "scores", loader._parse_scores)(st)
             if not file_errors:
                 # Insert as we go so later files (scores) see this call's patients and sessions.
                 if on_error == "reject" and result.errors:

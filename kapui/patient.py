@@ -290,22 +290,6 @@ def fmt_day(value: Any) -> str:
     return "–" if value is None or pd.isna(value) else f"{pd.Timestamp(value):%-d %b %Y}"
 
 
-def summary_config(defs: dict[str, str]) -> dict[str, Any]:
-    cfg: dict[str, Any] = {
-        "instrument": st.column_config.TextColumn("Scale"),
-        "baseline": st.column_config.NumberColumn("Baseline", format="%d", help=defs["baseline"]),
-        "baseline_on": st.column_config.DateColumn("Baseline date"),
-        "latest": st.column_config.NumberColumn("Latest", format="%d", help=defs["latest"]),
-        "latest_on": st.column_config.DateColumn("Latest date"),
-        "band": st.column_config.TextColumn("Severity", help=defs["band"]),
-        "change": st.column_config.NumberColumn("Change", format="%+d", help=defs["change"]),
-        "pct_change": st.column_config.NumberColumn("% change", format="%+.0f%%", help=defs["pct_change"]),
-    }
-    for key, label, _ in BADGES:
-        cfg[key] = st.column_config.CheckboxColumn(label, help=defs[key])
-    return cfg
-
-
 def session_log_config(defs: dict[str, str]) -> dict[str, Any]:
     return {
         "session_no": st.column_config.NumberColumn("#", format="%d"),

@@ -778,7 +778,7 @@ def test_every_file_is_one_batch_with_counts_and_hash(tmp_path, base_db):
         (2, "base_sessions.csv", "sessions", 2, 2, 0),
         (3, "base_scores.csv", "scores", 2, 2, 0),
     ]
-    assert batches[2]["sha256"] == ingest.sha256_of(tmp_path / "base_scores.csv")
+    assert batches[2]["sha256"] == ingest.fingerprint(tmp_path / "base_scores.csv")[0]
     assert all(isinstance(b["loaded_at"], dt.datetime) and b["undone_at"] is None for b in batches)
 
 
@@ -947,3 +947,16 @@ def test_a_file_refused_as_a_whole_is_marked_refused(tmp_path, base_db):
     )
     result = rejected(base_db, good, bad)
     assert [(f.file, f.refused) for f in result.files] == [("scores.csv", False), ("named.csv", True)]
+
+
+def test_fingerprint_finds_a_blank_line_across_read_chunks(tmp_path):
+    import hashlib
+
+    chunk = 1 << 20
+    straddling = tmp_path / "a.csv"
+    data = b"x" * (chunk - 1) + b"\n" + b"\n" + b"y\n"  # the blank line begins at the chunk's last byte
+    straddling.write_bytes(data)
+    assert ingest.fingerprint(straddling) == (hashlib.sha256(data).hexdigest(), True)
+    plain = tmp_path / "b.csv"
+    plain.write_bytes(b"a,b\r\n1,2\r\n")
+    assert ingest.fingerprint(plain)[1] is False

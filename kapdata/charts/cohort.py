@@ -34,10 +34,6 @@ GROUP_COLORS: tuple[str, ...] = tuple(plotly.colors.qualitative.D3) + tuple(plot
 LEGEND_BELOW = {"orientation": "h", "yanchor": "top", "y": -0.14, "x": 0, "xanchor": "left"}
 
 
-def _pct(value: float | None) -> str:
-    return "–" if value is None or pd.isna(value) else f"{100 * value:.1f}%"
-
-
 def _wrap(text: str, width: int = 11) -> str:
     """Break a label into lines of about ``width`` characters at spaces (``<br>`` for Plotly)."""
     lines: list[str] = []
