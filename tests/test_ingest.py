@@ -802,6 +802,7 @@ def test_undo_removes_exactly_that_batch(tmp_path, base_db):
         ingest.undo_batch(5, base_db)
     with pytest.raises(ingest.UndoError, match="no batch 99"):
         ingest.undo_batch(99, base_db)
+    assert snapshot(base_db) == after  # a refused undo changes nothing
 
 
 def test_undone_file_can_be_loaded_again(tmp_path, base_db):
