@@ -20,7 +20,7 @@ from kapdata import instruments as reg
 from kapdata import phases
 
 DEFAULT_DB = Path("data") / "kap.duckdb"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 LOCK_WAIT_SECONDS = 15.0
 
 PHASES = phases.PHASES
@@ -33,6 +33,8 @@ DEFAULT_SETTINGS: dict[str, float] = {
     "bp_sys_threshold": 160,
     "bp_dia_threshold": 100,
     "min_cell": 11,
+    "baseline_max_days": 90,
+    "dosing_complete_sessions": 4,
 }
 
 # Each migration takes the database from version i to i + 1. Never edit a released one: append.
@@ -102,57 +104,112 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         """CREATE TABLE settings (key VARCHAR PRIMARY KEY, value DOUBLE NOT NULL)""",
     ),
+    (
+        # A total prorated from the answered items (NHS Data Dictionary rule; items holds NULL for a
+        # missing answer).
+        "ALTER TABLE scores ADD COLUMN prorated BOOLEAN NOT NULL DEFAULT false",
+        # A clinician saw a flag: it stays acknowledged until a newer score (after flag_on) raises it.
+        """CREATE TABLE acknowledgements (
+            patient_id VARCHAR NOT NULL,
+            flag VARCHAR NOT NULL,
+            flag_on DATE,
+            acknowledged_by VARCHAR NOT NULL,
+            acknowledged_at TIMESTAMP NOT NULL,
+            note VARCHAR
+        )""",
+        # Discharged patients leave the caseload (by default) and stay in every outcome.
+        """CREATE TABLE discharges (
+            patient_id VARCHAR PRIMARY KEY,
+            discharged_by VARCHAR NOT NULL,
+            discharged_at TIMESTAMP NOT NULL,
+            note VARCHAR
+        )""",
+    ),
 )
 
 # Derived views, re-created whenever this text changes (its hash is kept in meta).
 VIEWS_SQL: tuple[str, ...] = (
     *phases.PHASE_VIEWS_SQL,
-    # Baseline: the last score of a scale in preparation. Latest: the last score after baseline
-    # (the last score outside preparation). Phase endpoints: the last score in each phase.
+    # Baseline: the last score of a scale in preparation, at most baseline_max_days before the first dose.
+    # Latest: the last score after baseline (the last score outside preparation). Phase endpoints: the last
+    # score in each phase. ``*_prorated``: that score's total was prorated from answered items.
     """CREATE OR REPLACE VIEW score_points AS
+    WITH b AS (SELECT CAST(value AS INTEGER) AS days FROM settings WHERE key = 'baseline_max_days'),
+    s AS (
+        SELECT s.*, s.phase = 'preparation' AND (s.day IS NULL OR s.day >= -(SELECT days FROM b))
+                    AS baseline_eligible
+        FROM scores_phased s
+    )
     SELECT patient_id, instrument,
-           max_by(total, assessed_at) FILTER (WHERE phase = 'preparation') AS baseline,
-           max(assessed_on) FILTER (WHERE phase = 'preparation') AS baseline_on,
+           max_by(total, assessed_at) FILTER (WHERE baseline_eligible) AS baseline,
+           max(assessed_on) FILTER (WHERE baseline_eligible) AS baseline_on,
+           max_by(prorated, assessed_at) FILTER (WHERE baseline_eligible) AS baseline_prorated,
            max_by(total, assessed_at) FILTER (WHERE phase = 'dosing') AS dosing,
            max(assessed_on) FILTER (WHERE phase = 'dosing') AS dosing_on,
+           max_by(prorated, assessed_at) FILTER (WHERE phase = 'dosing') AS dosing_prorated,
            max_by(total, assessed_at) FILTER (WHERE phase = 'integration') AS integration,
            max(assessed_on) FILTER (WHERE phase = 'integration') AS integration_on,
+           max_by(prorated, assessed_at) FILTER (WHERE phase = 'integration') AS integration_prorated,
            max_by(total, assessed_at) FILTER (WHERE phase = 'follow-up') AS follow_up,
            max(assessed_on) FILTER (WHERE phase = 'follow-up') AS follow_up_on,
+           max_by(prorated, assessed_at) FILTER (WHERE phase = 'follow-up') AS follow_up_prorated,
            max_by(total, assessed_at) FILTER (WHERE phase <> 'preparation') AS latest,
            max(assessed_on) FILTER (WHERE phase <> 'preparation') AS latest_on,
+           max_by(prorated, assessed_at) FILTER (WHERE phase <> 'preparation') AS latest_prorated,
            count(*) AS n_scores
-    FROM scores_phased GROUP BY patient_id, instrument""",
-    # One row per patient x instrument x endpoint phase, with every per-patient outcome (DESIGN §5).
-    # locf_endpoint carries the last observation forward (baseline included) for intention-to-treat.
+    FROM s GROUP BY patient_id, instrument""",
     # The outcome rules of DESIGN §5, written once: baseline b, endpoint e, and the instrument's
     # thresholds. Used for completers (the phase endpoint) and for intention-to-treat (LOCF endpoint).
-    # NULL (undefined) where an end is missing, or for % rules when the baseline is 0.
+    # NULL (undefined) where an end is missing; response needs a baseline above 0; remission, recovery and
+    # reliable recovery need a baseline in the clinical range (b >= caseness), else they are undefined.
     """CREATE OR REPLACE MACRO kap_outcome_flags(b, e, caseness, response_pct, remission_below, rc) AS
     struct_pack(
         response := CASE WHEN b > 0 AND e IS NOT NULL THEN (b - e) * 100 >= response_pct * b END,
-        remission := e < remission_below,
+        remission := CASE WHEN b >= caseness AND e IS NOT NULL THEN e < remission_below END,
         reliable_improvement := e - b <= -rc,
         reliable_deterioration := e - b >= rc,
-        recovery := CASE WHEN b IS NOT NULL AND e IS NOT NULL THEN b >= caseness AND e < caseness END,
-        reliable_recovery := CASE WHEN b IS NOT NULL AND e IS NOT NULL
-                                  THEN b >= caseness AND e < caseness AND e - b <= -rc END
+        recovery := CASE WHEN b >= caseness AND e IS NOT NULL THEN e < caseness END,
+        reliable_recovery := CASE WHEN b >= caseness AND e IS NOT NULL THEN e < caseness AND e - b <= -rc END
     )""",
-    # The definition of the per-patient outcomes. Pages read the table ``outcomes``, this view's rows
-    # stored by ``refresh_derived`` whenever data or settings change (see ``bump_data_version``).
+    # Is a patient due for an endpoint on the data's last day (as_of)? Dosing and latest: dosing has begun.
+    # Integration: no session in the last DOSING_ACTIVE_DAYS (dosing is over as far as the data shows).
+    # Follow-up: the integration window after the last session has passed.
+    f"""CREATE OR REPLACE MACRO kap_due(phase, first_session, last_session, as_of, window_days) AS
+    CASE WHEN first_session IS NULL THEN false
+         WHEN phase = 'integration' THEN as_of - last_session > {phases.DOSING_ACTIVE_DAYS}
+         WHEN phase = 'follow-up' THEN as_of - last_session > window_days
+         ELSE true END""",
+    # One row per patient x instrument x endpoint phase, with every per-patient outcome (DESIGN §5).
+    # locf_endpoint carries the last observation forward (baseline included) for intention-to-treat;
+    # itt_due: the patient counts in intention-to-treat at that phase (a baseline, dosed, and due).
+    # Pages read the table ``outcomes``, this view's rows stored by ``refresh_derived`` whenever data or
+    # settings change (see ``bump_data_version``).
     """CREATE OR REPLACE VIEW outcomes_live AS
-    WITH grid AS (
-        SELECT p.patient_id, p.instrument, p.baseline, p.baseline_on, ph.phase, ph.ord,
+    WITH cfg AS (
+        SELECT CAST(max(value) FILTER (WHERE key = 'integration_window_days') AS INTEGER) AS window_days,
+               greatest((SELECT max(assessed_on) FROM scores), (SELECT max(session_date) FROM sessions))
+                   AS as_of
+        FROM settings
+    ),
+    grid AS (
+        SELECT p.patient_id, p.instrument, p.baseline, p.baseline_on, p.baseline_prorated, ph.phase, ph.ord,
                CASE ph.phase WHEN 'dosing' THEN p.dosing WHEN 'integration' THEN p.integration
                     WHEN 'follow-up' THEN p.follow_up ELSE p.latest END AS endpoint,
                CASE ph.phase WHEN 'dosing' THEN p.dosing_on WHEN 'integration' THEN p.integration_on
                     WHEN 'follow-up' THEN p.follow_up_on ELSE p.latest_on END AS endpoint_on,
+               CASE ph.phase WHEN 'dosing' THEN p.dosing_prorated WHEN 'integration' THEN p.integration_prorated
+                    WHEN 'follow-up' THEN p.follow_up_prorated ELSE p.latest_prorated END AS endpoint_prorated,
                CASE ph.phase
                     WHEN 'dosing' THEN coalesce(p.dosing, p.baseline)
                     WHEN 'integration' THEN coalesce(p.integration, p.dosing, p.baseline)
                     WHEN 'follow-up' THEN coalesce(p.follow_up, p.integration, p.dosing, p.baseline)
-                    ELSE coalesce(p.latest, p.baseline) END AS locf_endpoint
+                    ELSE coalesce(p.latest, p.baseline) END AS locf_endpoint,
+               p.baseline IS NOT NULL
+                   AND kap_due(ph.phase, d.first_session, d.last_session, cfg.as_of, cfg.window_days)
+                   AS itt_due
         FROM score_points p
+        LEFT JOIN patient_dosing d USING (patient_id)
+        CROSS JOIN cfg
         CROSS JOIN (VALUES ('dosing', 1), ('integration', 2), ('follow-up', 3), ('latest', 4))
              AS ph(phase, ord)
     ),
@@ -164,15 +221,16 @@ VIEWS_SQL: tuple[str, ...] = (
                                  i.reliable_change) AS itt
         FROM grid g JOIN instruments i ON i.code = g.instrument
     )
-    SELECT patient_id, instrument, phase, ord AS phase_order, baseline, baseline_on,
-           endpoint, endpoint_on, locf_endpoint,
+    SELECT patient_id, instrument, phase, ord AS phase_order, baseline, baseline_on, baseline_prorated,
+           endpoint, endpoint_on, endpoint_prorated, locf_endpoint,
            endpoint - baseline AS change,
            CASE WHEN baseline > 0 THEN 100.0 * (endpoint - baseline) / baseline END AS pct_change,
            f.response, f.remission, f.reliable_improvement, f.reliable_deterioration, f.recovery,
            f.reliable_recovery,
            baseline >= caseness AS baseline_clinical,
            locf_endpoint - baseline AS itt_change,
-           itt AS itt_flags
+           itt AS itt_flags,
+           itt_due
     FROM flagged""",
 )
 

@@ -968,8 +968,10 @@ class Loader:
                        bp_sys_pre, bp_dia_pre, bp_sys_post, bp_dia_post, dissociation, side_effects, ?
                        FROM new_rows"""
             else:
-                sql = """INSERT INTO scores SELECT patient_id, instrument, assessed_on, assessed_at, total,
-                       items, phase, ? FROM new_rows"""
+                sql = """INSERT INTO scores (patient_id, instrument, assessed_on, assessed_at, total, items,
+                       phase, batch_id, prorated)
+                       SELECT patient_id, instrument, assessed_on, assessed_at, total, items, phase, ?, false
+                       FROM new_rows"""
             inserted = self.con.execute(sql, [batch_id]).fetchone()
             loaded = int(inserted[0]) if inserted else 0
         res.rows_loaded = loaded

@@ -130,8 +130,8 @@ GAD7 = Instrument(
         Band(10, 14, "moderate"),
         Band(15, 21, "severe"),
     ),
-    caseness=10,
-    caseness_label="clinical range (GAD-7 ≥ 10)",
+    caseness=8,
+    caseness_label="clinical range (GAD-7 ≥ 8)",
     response_pct=50,
     remission_below=5,
     reliable_change=4,
@@ -220,6 +220,9 @@ PCL5_DSM5_ITEM_THRESHOLD = 2
 PCL5_DSM5_RULE = {"B": 1, "C": 1, "D": 2, "E": 2}
 
 INSTRUMENTS: tuple[Instrument, ...] = (PHQ9, GAD7, PCL5)
+#: The joint NHS Talking Therapies recovery measure: a case on any of these scales at baseline (total at or
+#: above its caseness), and on none of them at the endpoint. Needs a baseline and an endpoint on each.
+JOINT_RECOVERY_SCALES: tuple[str, ...] = ("PHQ-9", "GAD-7")
 BY_CODE: dict[str, Instrument] = {i.code: i for i in INSTRUMENTS}
 BY_KEY: dict[str, Instrument] = {i.key: i for i in INSTRUMENTS}
 MAX_ITEMS = max(i.n_items for i in INSTRUMENTS)

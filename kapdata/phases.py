@@ -14,6 +14,9 @@ from __future__ import annotations
 PHASES: tuple[str, ...] = ("preparation", "dosing", "integration", "follow-up")
 #: The phases an outcome is read at: each phase's last score, and ``latest`` (the last score after baseline).
 ENDPOINT_PHASES: tuple[str, ...] = ("dosing", "integration", "follow-up", "latest")
+#: A last dosing session this recent (days) means dosing is still under way: the patient's current phase on a
+#: day (caseload) and whether they are due for an integration endpoint (intention-to-treat) follow it.
+DOSING_ACTIVE_DAYS = 14
 
 PHASE_VIEWS_SQL: tuple[str, ...] = (
     # Per-patient dosing span.
@@ -24,7 +27,8 @@ PHASE_VIEWS_SQL: tuple[str, ...] = (
     # Every score with its phase (DESIGN §4): explicit phase wins, else derived from the sessions.
     """CREATE OR REPLACE VIEW scores_phased AS
     WITH w AS (SELECT CAST(value AS INTEGER) AS days FROM settings WHERE key = 'integration_window_days')
-    SELECT s.patient_id, s.instrument, s.assessed_on, s.assessed_at, s.total, s.items, s.batch_id,
+    SELECT s.patient_id, s.instrument, s.assessed_on, s.assessed_at, s.total, s.items, s.prorated,
+           s.batch_id,
            coalesce(s.phase, CASE
                WHEN d.first_session IS NULL OR s.assessed_on <= d.first_session THEN 'preparation'
                WHEN s.assessed_on <= d.last_session THEN 'dosing'
@@ -32,9 +36,13 @@ PHASE_VIEWS_SQL: tuple[str, ...] = (
                ELSE 'follow-up' END) AS phase,
            s.phase IS NOT NULL AS phase_explicit,
            CAST(s.assessed_on - d.first_session AS INTEGER) AS day,
-           -- Safety flag: an answer > 0 on a safety item (PHQ-9 item 9); unknown when only a total is given.
+           -- Safety flag: an answer > 0 on a safety item (PHQ-9 item 9); unknown (NULL) when the item was
+           -- not answered (a total only, or a prorated total without it): never 0, never prorated.
            CASE WHEN len(i.safety_items) = 0 THEN false
-                WHEN s.items IS NOT NULL THEN len(list_filter(i.safety_items, lambda k: s.items[k] > 0)) > 0
+                WHEN s.items IS NULL THEN NULL
+                WHEN len(list_filter(i.safety_items, lambda k: s.items[k] > 0)) > 0 THEN true
+                WHEN len(list_filter(i.safety_items, lambda k: s.items[k] IS NULL)) > 0 THEN NULL
+                ELSE false
            END AS safety_flag
     FROM scores s LEFT JOIN patient_dosing d USING (patient_id)
     LEFT JOIN instruments i ON i.code = s.instrument""",

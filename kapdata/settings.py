@@ -79,6 +79,24 @@ GENERAL: tuple[Spec, ...] = (
         "A blood pressure before or after a dose with the diastolic value above this is highlighted.",
     ),
     Spec(
+        "baseline_max_days",
+        "Baseline at most",
+        "days before the first dose",
+        1,
+        3650,
+        "A baseline is the last questionnaire of a scale in preparation no more than this many days before "
+        "the first dosing session; an older one is not a baseline.",
+    ),
+    Spec(
+        "dosing_complete_sessions",
+        "Dosing complete after",
+        "sessions",
+        1,
+        50,
+        "A patient with at least this many dosing sessions has completed dosing (a full induction course) "
+        "in the retention funnel.",
+    ),
+    Spec(
         "min_cell",
         "Smallest reportable group",
         "patients",
