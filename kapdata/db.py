@@ -197,8 +197,9 @@ VIEWS_SQL: tuple[str, ...] = (
                     WHEN 'follow-up' THEN p.follow_up ELSE p.latest END AS endpoint,
                CASE ph.phase WHEN 'dosing' THEN p.dosing_on WHEN 'integration' THEN p.integration_on
                     WHEN 'follow-up' THEN p.follow_up_on ELSE p.latest_on END AS endpoint_on,
-               CASE ph.phase WHEN 'dosing' THEN p.dosing_prorated WHEN 'integration' THEN p.integration_prorated
-                    WHEN 'follow-up' THEN p.follow_up_prorated ELSE p.latest_prorated END AS endpoint_prorated,
+               CASE ph.phase WHEN 'dosing' THEN p.dosing_prorated
+                    WHEN 'integration' THEN p.integration_prorated WHEN 'follow-up' THEN p.follow_up_prorated
+                    ELSE p.latest_prorated END AS endpoint_prorated,
                CASE ph.phase
                     WHEN 'dosing' THEN coalesce(p.dosing, p.baseline)
                     WHEN 'integration' THEN coalesce(p.integration, p.dosing, p.baseline)
