@@ -1,8 +1,12 @@
 """Aggregate outcomes for clinic directors (DESIGN §5): completers and intention-to-treat.
 
 - Completers at a phase: patients with a baseline and a score in that phase.
-- Intention-to-treat (ITT): every patient with a baseline who had at least one dosing session; a missing
-  endpoint carries the last observation forward (baseline included: no data counts as no response).
+- Intention-to-treat (ITT): every patient with a baseline who had at least one dosing session and is due for
+  that endpoint on the data's last day (``outcomes.itt_due``); a missing endpoint carries the last observation
+  forward (baseline included: no data counts as no response).
+- Remission, recovery and reliable recovery count only patients whose baseline is in the clinical range (the
+  ``outcomes`` rows leave them undefined otherwise); the joint NHS Talking Therapies recovery needs a baseline
+  and an endpoint on PHQ-9 and GAD-7.
 Rates carry k, n and a Wilson 95% interval; means a 95% t-interval.
 """
 
@@ -17,7 +21,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from kapdata import db, stats
+from kapdata import db, phases, stats
 from kapdata import instruments as reg
 from kapdata.outcomes import BOOLEAN_COLUMNS
 
@@ -88,24 +92,21 @@ _SUMMARY_SQL = f"""
         FROM outcomes o JOIN cohort USING (patient_id) LEFT JOIN patient_dosing d USING (patient_id)
         WHERE o.baseline IS NOT NULL
     ),
-    -- Recovery rates count only patients who started in the clinical range (NHS Talking Therapies).
     itt_flags AS (
         SELECT instrument, phase, phase_order, baseline, locf_endpoint AS endpoint, itt_change AS change,
-               itt_flags.response, itt_flags.remission, itt_flags.reliable_improvement,
-               itt_flags.reliable_deterioration,
-               CASE WHEN baseline_clinical THEN itt_flags.recovery END AS recovery,
-               CASE WHEN baseline_clinical THEN itt_flags.reliable_recovery END AS reliable_recovery
-        FROM o WHERE dosed
+               itt_flags.*
+        FROM o WHERE itt_due
     ),
-    completers AS (
-        SELECT * REPLACE (CASE WHEN baseline_clinical THEN recovery END AS recovery,
-                          CASE WHEN baseline_clinical THEN reliable_recovery END AS reliable_recovery)
-        FROM o WHERE endpoint IS NOT NULL
-    ),
+    completers AS (SELECT * FROM o WHERE endpoint IS NOT NULL),
     agg_c AS ({_agg("completers", "c_")}),
     agg_i AS ({_agg("itt_flags", "i_")}),
-    base AS (SELECT instrument, phase, phase_order, count(*) AS with_baseline FROM o GROUP BY ALL)
-    SELECT b.instrument, b.phase, b.phase_order, b.with_baseline,
+    base AS (
+        SELECT instrument, phase, phase_order, count(*) AS with_baseline,
+               count(*) FILTER (WHERE NOT baseline_clinical) AS below_caseness,
+               count(*) FILTER (WHERE dosed AND NOT itt_due) AS itt_not_yet_due
+        FROM o GROUP BY ALL
+    )
+    SELECT b.instrument, b.phase, b.phase_order, b.with_baseline, b.below_caseness, b.itt_not_yet_due,
            c.* EXCLUDE (instrument, phase), i.* EXCLUDE (instrument, phase)
     FROM base b
     LEFT JOIN agg_c c USING (instrument, phase)
@@ -150,6 +151,8 @@ def summary(con: duckdb.DuckDBPyConnection, cohort: CohortFilter | None = None) 
                 "patients_with_baseline": int(head["with_baseline"]),
                 "completers": c["n"],
                 "itt": i["n"],
+                "baseline_below_caseness": int(head["below_caseness"]),
+                "itt_not_yet_due": int(head["itt_not_yet_due"]),
                 "mean_baseline": c["mean_baseline"],
                 "mean_endpoint": c["mean_endpoint"],
                 "mean_change": c["mean_change"],
@@ -176,15 +179,81 @@ def summary_document(con: duckdb.DuckDBPyConnection, cohort: CohortFilter | None
         "phases": list(db.ENDPOINT_PHASES),
         "definitions": {
             "completers": "patients with a baseline and a score in that phase",
-            "itt": "patients with a baseline and at least one dosing session; missing endpoint carried "
-            "forward from the last observation, baseline included",
+            "itt": "patients with a baseline and at least one dosing session who are due for the endpoint on "
+            "the data's last day (dosing and latest: dosed; integration: no session in the last "
+            f"{phases.DOSING_ACTIVE_DAYS} days; follow-up: the integration window after the last session has "
+            "passed); missing endpoint carried forward from the last observation, baseline included",
+            "remission_recovery": "only patients whose baseline is in the clinical range "
+            "(total >= caseness); others are left out (baseline_below_caseness)",
+            "joint_recovery": "NHS Talking Therapies: a case on PHQ-9 or GAD-7 at baseline, neither at the "
+            "endpoint; needs a baseline (and, for completers, an endpoint) on both",
             "rate_interval": "Wilson 95% score interval",
             "mean_interval": "95% Student-t interval",
             "settings": settings,
             "instruments": thresholds,
         },
         "results": summary(con, cohort),
+        "joint_recovery": joint_recovery(con, cohort),
     }
+
+
+def joint_sql(source: str) -> str:
+    """Joint NHS Talking Therapies recovery per population × endpoint phase, from an outcomes table
+    (``outcomes`` or the report's ``cohort_outcomes``): among patients with a baseline on every scale of
+    ``$joint_scales`` and a case on at least one of them (total ≥ caseness), the share with no case on any at
+    the endpoint. Completers need an endpoint on every scale; ITT patients are due (``itt_due``) on every
+    scale and take the carried-forward endpoints. ``source`` is one of our table names, never user text."""
+    if source not in ("outcomes", "cohort_outcomes"):
+        raise ValueError(f"joint recovery reads outcomes or cohort_outcomes, not {source!r}")
+    cohort_join = "SEMI JOIN (" + COHORT_SQL + ") c USING (patient_id)" if source == "outcomes" else ""
+    return f"""
+    WITH j AS (
+        SELECT o.patient_id, o.phase, any_value(o.phase_order) AS phase_order, count(*) AS scales,
+               count(o.baseline) AS with_baseline, count(o.endpoint) AS with_endpoint,
+               bool_and(o.itt_due) AS due,
+               bool_or(o.baseline >= i.caseness) AS case_at_baseline,
+               bool_or(o.endpoint >= i.caseness) AS case_at_endpoint,
+               bool_or(o.locf_endpoint >= i.caseness) AS case_at_locf
+        FROM {source} o JOIN instruments i ON i.code = o.instrument {cohort_join}
+        WHERE list_contains($joint_scales, o.instrument)
+        GROUP BY o.patient_id, o.phase
+    ),
+    eligible AS (SELECT * FROM j WHERE scales = len($joint_scales) AND with_baseline = scales
+                 AND case_at_baseline)
+    SELECT 'completers' AS population, phase, any_value(phase_order) AS phase_order,
+           count(*) FILTER (WHERE NOT case_at_endpoint) AS k, count(*) AS n
+    FROM eligible WHERE with_endpoint = scales GROUP BY phase
+    UNION ALL
+    SELECT 'itt', phase, any_value(phase_order), count(*) FILTER (WHERE NOT case_at_locf), count(*)
+    FROM eligible WHERE due GROUP BY phase
+    ORDER BY population, phase_order
+    """
+
+
+def _joint_params(scales: Sequence[str]) -> list[str]:
+    """The joint measure's scales, when all of them are among ``scales``; else none."""
+    joint = list(reg.JOINT_RECOVERY_SCALES)
+    return joint if all(code in scales for code in joint) else []
+
+
+def joint_recovery(
+    con: duckdb.DuckDBPyConnection, cohort: CohortFilter | None = None
+) -> list[dict[str, Any]]:
+    """The joint NHS recovery rate per endpoint phase, completers and ITT, each ``{k, n, rate, ci_low,
+    ci_high}`` (Wilson 95%)."""
+    params = {**(cohort or CohortFilter()).params(), "joint_scales": list(reg.JOINT_RECOVERY_SCALES)}
+    rows = {(p, ph): (k, n) for p, ph, _, k, n in con.execute(joint_sql("outcomes"), params).fetchall()}
+    return [
+        {
+            "phase": phase,
+            "scales": list(reg.JOINT_RECOVERY_SCALES),
+            **{
+                pop: stats.wilson(*[int(x) for x in rows.get((pop, phase), (0, 0))]).as_dict()
+                for pop in POPULATIONS
+            },
+        }
+        for phase in db.ENDPOINT_PHASES
+    ]
 
 
 # --- The clinic outcomes page (director view) ------------------------------------------------------------
@@ -214,8 +283,11 @@ POPULATIONS: tuple[str, ...] = ("completers", "itt")
 POPULATION_LABELS: dict[str, str] = {"completers": "Completers", "itt": "Intention-to-treat"}
 POPULATION_HELP: dict[str, str] = {
     "completers": "Completers: patients with a baseline and a score at the endpoint.",
-    "itt": "Intention-to-treat: every patient with a baseline who had at least one dosing session; a missing "
-    "endpoint carries the last observation forward (baseline included, so no data counts as no response).",
+    "itt": "Intention-to-treat: every patient with a baseline who had at least one dosing session and is "
+    "due for the endpoint on the data's last day (end of dosing and latest: dosed; end of integration: no "
+    f"session in the last {phases.DOSING_ACTIVE_DAYS} days; follow-up: the integration window after the "
+    "last session has passed); a missing endpoint carries the last observation forward (baseline included, "
+    "so no data counts as no response).",
 }
 #: Rows of the phase table: the baseline, then the endpoint phases of the ``outcomes`` view.
 TABLE_PHASES: tuple[str, ...] = ("baseline", *db.ENDPOINT_PHASES)
@@ -234,9 +306,6 @@ RATE_LABELS: dict[str, str] = {
     "recovery": "Recovery",
     "reliable_recovery": "Reliable recovery",
 }
-#: "Dosing complete" in the retention funnel: at least this many dosing sessions, a full induction course
-#: (McInnes et al. 2022 define induction as 4–8 infusions; Hull et al. 2022 give 4 sessions).
-DOSING_COMPLETE_SESSIONS = 4
 #: The weekly trajectory runs from week 0 (baseline) to this many weeks after the first dose.
 TRAJECTORY_MAX_WEEK = 30
 #: Above this many patients a waterfall bar stands for an equal share of them (their mean % change).
@@ -246,18 +315,25 @@ FUNNEL_STAGES: dict[str, str] = {
     "enrolled": "Enrolled",
     "baseline": "Baseline questionnaire",
     "first_dose": "First dose",
-    "dosing_complete": f"Dosing complete (≥ {DOSING_COMPLETE_SESSIONS} sessions)",
+    "dosing_complete": "Dosing complete (≥ {sessions} sessions)",
     "integration": "Reached integration",
     "follow_up": "Reached follow-up",
 }
+#: What each stage means, and when a patient who has not reached it is lost rather than not yet due (on the
+#: data's last day). ``{sessions}``: the setting ``dosing_complete_sessions``.
 FUNNEL_HELP: dict[str, str] = {
     "enrolled": "Patients in the cohort.",
-    "baseline": "A baseline (a questionnaire in preparation) on at least one of the chosen scales; without "
-    "one no change can be measured, so the patient is lost to the outcome figures.",
-    "first_dose": "At least one dosing session.",
-    "dosing_complete": f"At least {DOSING_COMPLETE_SESSIONS} dosing sessions: a full induction course.",
-    "integration": "A questionnaire (chosen scales) in integration or follow-up: dosing is behind them.",
-    "follow_up": "A questionnaire (chosen scales) in follow-up.",
+    "baseline": "A baseline (a questionnaire in preparation, at most the baseline window before the first "
+    "dose) on at least one of the chosen scales; without one no change can be measured, so the patient is "
+    "lost to the outcome figures. Due once the patient has dosed.",
+    "first_dose": "At least one dosing session. Not yet due while the baseline is still within the baseline "
+    "window of the data's last day.",
+    "dosing_complete": "At least {sessions} dosing sessions: a full induction course. Not yet due while the "
+    f"last session is within {phases.DOSING_ACTIVE_DAYS} days of the data's last day (dosing under way).",
+    "integration": "A questionnaire (chosen scales) in integration or follow-up: dosing is behind them. Due "
+    f"once the last session is more than {phases.DOSING_ACTIVE_DAYS} days before the data's last day.",
+    "follow_up": "A questionnaire (chosen scales) in follow-up. Due once the integration window after the "
+    "last session has passed.",
 }
 
 _PARAM = re.compile(r"\$([A-Za-z_]\w*)")
@@ -294,7 +370,7 @@ def _grouping(keys: str, breakdown: str | None) -> tuple[str, str]:
 _PREPARE_PATIENTS = (
     "CREATE OR REPLACE TEMP TABLE cohort_patients AS SELECT p.patient_id, "
     + ", ".join(f"coalesce(p.{col}, '{UNKNOWN}') AS {dim}" for dim, col in DIMENSIONS.items())
-    + ", d.first_session, coalesce(d.n_sessions, 0) AS n_sessions"
+    + ", d.first_session, d.last_session, coalesce(d.n_sessions, 0) AS n_sessions"
     + _COHORT_FROM
     + COHORT_WHERE
 )
@@ -302,24 +378,23 @@ _PREPARE_PATIENTS = (
 #: The outcomes view for the cohort and the chosen scales: the one pass over the view.
 _PREPARE_OUTCOMES = """
 CREATE OR REPLACE TEMP TABLE cohort_outcomes AS
-SELECT o.patient_id, o.instrument, o.phase, o.phase_order, o.baseline, o.endpoint, o.locf_endpoint,
-       o.change, o.itt_change, o.pct_change, o.response, o.remission, o.reliable_improvement,
-       o.reliable_deterioration, o.recovery, o.reliable_recovery, o.baseline_clinical, o.itt_flags,
+SELECT o.patient_id, o.instrument, o.phase, o.phase_order, o.baseline, o.baseline_on, o.endpoint,
+       o.locf_endpoint, o.change, o.itt_change, o.pct_change, o.response, o.remission, o.reliable_improvement,
+       o.reliable_deterioration, o.recovery, o.reliable_recovery, o.baseline_clinical, o.itt_flags, o.itt_due,
        c.first_session, c.n_sessions > 0 AS dosed
 FROM outcomes o JOIN cohort_patients c USING (patient_id)
 WHERE list_contains($scales, o.instrument)
 """
 
 #: The analysis rows of both populations at every table phase, for patients with a baseline.
-#: Completers: the phase endpoint where there is one. ITT: patients who dosed; the LOCF endpoint and its
-#: flags. Baseline rows: each population's baselines. Recovery rates count only patients who started in
-#: the clinical range (as ``summary()``).
+#: Completers: the phase endpoint where there is one. ITT: patients due for the phase (``itt_due``); the
+#: LOCF endpoint and its flags. Baseline rows: each population's baselines. Remission and recovery are
+#: undefined (so not counted) for a baseline below the clinical range, as in ``summary()``.
 _PREPARE_ROWS = """
 CREATE OR REPLACE TEMP VIEW cohort_rows AS
 SELECT 'completers' AS population, instrument, phase, phase_order, patient_id, baseline, endpoint AS score,
-       change, pct_change, response, remission, reliable_improvement, reliable_deterioration,
-       CASE WHEN baseline_clinical THEN recovery END AS recovery,
-       CASE WHEN baseline_clinical THEN reliable_recovery END AS reliable_recovery
+       change, pct_change, response, remission, reliable_improvement, reliable_deterioration, recovery,
+       reliable_recovery, baseline_clinical
 FROM cohort_outcomes WHERE baseline IS NOT NULL AND endpoint IS NOT NULL
 UNION ALL BY NAME
 SELECT 'itt' AS population, instrument, phase, phase_order, patient_id, baseline, locf_endpoint AS score,
@@ -327,15 +402,14 @@ SELECT 'itt' AS population, instrument, phase, phase_order, patient_id, baseline
        CASE WHEN baseline > 0 THEN 100.0 * itt_change / baseline END AS pct_change,
        itt_flags.response AS response, itt_flags.remission AS remission,
        itt_flags.reliable_improvement AS reliable_improvement,
-       itt_flags.reliable_deterioration AS reliable_deterioration,
-       CASE WHEN baseline_clinical THEN itt_flags.recovery END AS recovery,
-       CASE WHEN baseline_clinical THEN itt_flags.reliable_recovery END AS reliable_recovery
-FROM cohort_outcomes WHERE baseline IS NOT NULL AND dosed
+       itt_flags.reliable_deterioration AS reliable_deterioration, itt_flags.recovery AS recovery,
+       itt_flags.reliable_recovery AS reliable_recovery, baseline_clinical
+FROM cohort_outcomes WHERE itt_due
 UNION ALL BY NAME
 SELECT m.population, instrument, 'baseline' AS phase, 0 AS phase_order, patient_id, baseline,
-       baseline AS score
+       baseline AS score, baseline_clinical
 FROM cohort_outcomes CROSS JOIN (VALUES ('completers'), ('itt')) AS m(population)
-WHERE phase = 'latest' AND baseline IS NOT NULL AND (m.population = 'completers' OR dosed)
+WHERE phase = 'latest' AND baseline IS NOT NULL AND (m.population = 'completers' OR itt_due)
 """
 
 #: The last questionnaire of each week after the first dose (week 1 = days 1–7), chosen scales.
@@ -359,6 +433,7 @@ def _phase_stats_sql(breakdown: str | None) -> str:
         SELECT population, {select}, instrument, phase, any_value(phase_order) AS phase_order,
                count(*) AS n, avg(score) AS mean, stddev_samp(score) AS sd,
                count(change) AS change_n, avg(change) AS mean_change, stddev_samp(change) AS sd_change,
+               count(*) FILTER (WHERE NOT baseline_clinical) AS below_caseness_n,
                {_RATE_AGGREGATES}
         FROM cohort_rows {"JOIN cohort_patients USING (patient_id)" if breakdown else ""}
         {group_by}
@@ -542,7 +617,7 @@ ORDER BY population, list_position($scales, instrument), timepoint
 _FUNNEL_SQL = (
     """
 WITH q AS (
-    SELECT patient_id, bool_or(baseline IS NOT NULL) AS baseline,
+    SELECT patient_id, bool_or(baseline IS NOT NULL) AS baseline, max(baseline_on) AS baseline_on,
            bool_or(endpoint IS NOT NULL AND phase IN ('integration', 'follow-up')) AS integration,
            bool_or(endpoint IS NOT NULL AND phase = 'follow-up') AS follow_up
     FROM cohort_outcomes GROUP BY patient_id
@@ -550,13 +625,24 @@ WITH q AS (
 p AS (
     SELECT coalesce(q.baseline, false) AS baseline, c.n_sessions >= 1 AS first_dose,
            c.n_sessions >= $complete_sessions AS dosing_complete,
-           coalesce(q.integration, false) AS integration, coalesce(q.follow_up, false) AS follow_up
+           coalesce(q.integration, false) AS integration, coalesce(q.follow_up, false) AS follow_up,
+           -- Due on the data's last day: a patient who has not reached a stage it is not yet due for is
+           -- pending, not lost.
+           c.n_sessions >= 1 AS baseline_due,
+           q.baseline_on IS NULL OR $as_of - q.baseline_on > $baseline_max_days AS first_dose_due,
+           kap_due('integration', c.first_session, c.last_session, $as_of, $window_days)
+               AS dosing_complete_due,
+           kap_due('integration', c.first_session, c.last_session, $as_of, $window_days)
+               AS integration_due,
+           kap_due('follow-up', c.first_session, c.last_session, $as_of, $window_days) AS follow_up_due
     FROM cohort_patients c LEFT JOIN q USING (patient_id)
 )
-SELECT count(*) AS enrolled_reached, count(*) AS enrolled_retained, """
+SELECT count(*) AS enrolled_reached, count(*) AS enrolled_retained, 0 AS enrolled_pending, """
     + ", ".join(
         f"count(*) FILTER (WHERE {stage}) AS {stage}_reached, "
-        f"count(*) FILTER (WHERE {' AND '.join(list(FUNNEL_STAGES)[1 : i + 1])}) AS {stage}_retained"
+        f"count(*) FILTER (WHERE {' AND '.join(list(FUNNEL_STAGES)[1 : i + 1])}) AS {stage}_retained, "
+        f"count(*) FILTER (WHERE {' AND '.join(list(FUNNEL_STAGES)[1:i])}{' AND ' if i > 1 else ''}"
+        f"NOT {stage} AND NOT coalesce({stage}_due, false)) AS {stage}_pending"
         for i, stage in enumerate(list(FUNNEL_STAGES)[1:], start=1)
     )
     + " FROM p"
@@ -574,13 +660,16 @@ s AS (
     SELECT x.patient_id,
            coalesce(x.bp_sys_pre > t.sys OR x.bp_dia_pre > t.dia OR x.bp_sys_post > t.sys
                     OR x.bp_dia_post > t.dia, false) AS bp_high,
-           coalesce(x.bp_sys_pre, x.bp_dia_pre, x.bp_sys_post, x.bp_dia_post) IS NOT NULL AS bp_recorded
+           coalesce(x.bp_sys_pre, x.bp_dia_pre, x.bp_sys_post, x.bp_dia_post) IS NOT NULL AS bp_recorded,
+           x.dissociation
     FROM sessions x SEMI JOIN cohort_patients c ON x.patient_id = c.patient_id CROSS JOIN t
 )
 SELECT count(*) AS sessions, count(*) FILTER (WHERE bp_recorded) AS bp_recorded,
        count(*) FILTER (WHERE bp_high) AS bp_high,
        count(DISTINCT patient_id) AS patients,
        count(DISTINCT patient_id) FILTER (WHERE bp_high) AS bp_high_patients,
+       count(dissociation) AS dissociation_recorded, avg(dissociation) AS dissociation_mean,
+       stddev_samp(dissociation) AS dissociation_sd,
        any_value(t.sys) AS bp_sys_threshold, any_value(t.dia) AS bp_dia_threshold
 FROM s CROSS JOIN t
 """
@@ -609,6 +698,14 @@ _THRESHOLDS_SQL = (
     "ORDER BY list_position($scales, code)"
 )
 _SAFETY_SCALES_SQL = "SELECT list(code) AS codes FROM instruments WHERE len(safety_items) > 0"
+#: Per scale × endpoint phase: patients with a baseline who dosed but are not yet due (left out of ITT), and
+#: patients with a baseline below the clinical range (left out of remission and recovery).
+_LEFT_OUT_SQL = """
+SELECT instrument, phase, count(*) FILTER (WHERE dosed AND NOT itt_due) AS itt_not_yet_due,
+       count(*) FILTER (WHERE NOT baseline_clinical) AS below_caseness
+FROM cohort_outcomes WHERE baseline IS NOT NULL
+GROUP BY instrument, phase ORDER BY list_position($scales, instrument), any_value(phase_order)
+"""
 
 
 @dataclass(frozen=True)
@@ -625,7 +722,7 @@ class CohortReport:
     min_cell: int
     as_of: dt.date | None  # the last date in the data (a score or a session)
     thresholds: dict[str, dict[str, int]]  # scale → caseness, response_pct, remission_below, reliable_change
-    funnel: pd.DataFrame  # stage, label, reached, retained, pct_enrolled, lost
+    funnel: pd.DataFrame  # stage, label, help, reached, retained, pct_enrolled, not_yet_due, lost
     phase_stats: pd.DataFrame  # population, dimension, grp, instrument, phase, n, mean, sd, rate k/n …
     weekly: pd.DataFrame  # population, dimension, grp, instrument, week, n, mean, sd (empty unless asked)
     shift: pd.DataFrame  # population, instrument, from_order, from_band, to_order, to_band, patients
@@ -633,6 +730,9 @@ class CohortReport:
     safety_items: pd.DataFrame  # population, instrument, timepoint (baseline / latest), k, n
     sessions: dict[str, Any]  # sessions, bp_recorded, bp_high, patients, bp_high_patients, thresholds
     side_effects: pd.DataFrame  # side_effect, sessions, patients
+    joint: pd.DataFrame  # population, phase, phase_order, k, n (joint NHS recovery; empty unless both scales)
+    left_out: pd.DataFrame  # instrument, phase, itt_not_yet_due, below_caseness
+    settings: dict[str, int] = field(default_factory=dict)  # the general settings in force
 
     def tiles(self) -> dict[str, int]:
         """Patients in the cohort, who started dosing, finished dosing, reached integration, follow-up."""
@@ -663,18 +763,23 @@ def _bands_params(scales: Sequence[str]) -> dict[str, list[Any]]:
     return out
 
 
-def _funnel_frame(row: dict[str, Any]) -> pd.DataFrame:
+def _funnel_frame(row: dict[str, Any], complete_sessions: int) -> pd.DataFrame:
+    """The funnel: ``lost`` at a stage counts only patients who were due for it on the data's last day
+    (the others are ``not_yet_due``)."""
     stages = list(FUNNEL_STAGES)
     retained = [int(row[f"{s}_retained"] or 0) for s in stages]
+    pending = [int(row[f"{s}_pending"] or 0) for s in stages]
     enrolled = retained[0]
     return pd.DataFrame(
         {
             "stage": stages,
-            "label": [FUNNEL_STAGES[s] for s in stages],
+            "label": [FUNNEL_STAGES[s].format(sessions=complete_sessions) for s in stages],
+            "help": [FUNNEL_HELP[s].format(sessions=complete_sessions) for s in stages],
             "reached": [int(row[f"{s}_reached"] or 0) for s in stages],
             "retained": retained,
             "pct_enrolled": [100.0 * r / enrolled if enrolled else float("nan") for r in retained],
-            "lost": [0] + [a - b for a, b in zip(retained, retained[1:], strict=False)],
+            "not_yet_due": pending,
+            "lost": [0] + [a - b - p for a, b, p in zip(retained, retained[1:], pending[1:], strict=False)],
         }
     )
 
@@ -700,13 +805,17 @@ def report(
         raise ValueError(f"unknown breakdown {breakdown!r}; one of {', '.join(DIMENSIONS)}")
     codes = [reg.get(s).code for s in (scales if scales is not None else reg.BY_CODE)]
     safety_scales = _one(con.execute(_SAFETY_SCALES_SQL))["codes"] or []
+    general = {k: int(v) for k, v in db.get_settings(con).items()}
     params: dict[str, Any] = {
         **(cohort or CohortFilter()).params(),
         **_bands_params(codes),
         "scales": codes,
         "safety_scales": [c for c in safety_scales if c in codes],
         "endpoint": endpoint,
-        "complete_sessions": DOSING_COMPLETE_SESSIONS,
+        "complete_sessions": general["dosing_complete_sessions"],
+        "baseline_max_days": general["baseline_max_days"],
+        "window_days": general["integration_window_days"],
+        "joint_scales": _joint_params(codes),
         "max_week": TRAJECTORY_MAX_WEEK,
         "max_bars": WATERFALL_MAX_BARS,
         "as_of": _one(con.execute(_AS_OF_SQL))["as_of"],
@@ -720,10 +829,10 @@ def report(
         scales=tuple(codes),
         endpoint=endpoint,
         breakdown=breakdown,
-        min_cell=int(db.get_settings(con)["min_cell"]),
+        min_cell=general["min_cell"],
         as_of=params["as_of"],
         thresholds={row[0]: dict(zip(_THRESHOLDS, row[1:], strict=True)) for row in thresholds},
-        funnel=_funnel_frame(_one(_execute(con, _FUNNEL_SQL, params))),
+        funnel=_funnel_frame(_one(_execute(con, _FUNNEL_SQL, params)), general["dosing_complete_sessions"]),
         phase_stats=_execute(con, _phase_stats_sql(breakdown), params).df(),
         weekly=_execute(con, _weekly_sql(breakdown), params).df() if weekly else _EMPTY_WEEKLY.copy(),
         shift=_execute(con, _SHIFT_SQL, params).df(),
@@ -731,6 +840,9 @@ def report(
         safety_items=_execute(con, _SAFETY_ITEMS_SQL, params).df(),
         sessions={k: int(v) if isinstance(v, int) else v for k, v in sessions.items()},
         side_effects=_execute(con, _SIDE_EFFECTS_SQL, params).df(),
+        joint=_execute(con, joint_sql("cohort_outcomes"), params).df(),
+        left_out=_execute(con, _LEFT_OUT_SQL, params).df(),
+        settings=general,
     )
 
 
@@ -786,6 +898,29 @@ def phase_table(rep: CohortReport, population: str) -> pd.DataFrame:
     for r in RATE_NAMES:
         _rate_columns(frame, f"{r}_k", f"{r}_n", r, rep.min_cell)
     return frame.drop(columns=["sd", "sd_change"])
+
+
+def joint_rate(rep: CohortReport, population: str, phase: str | None = None) -> stats.Rate | None:
+    """The joint NHS recovery rate at ``phase`` (default the report's endpoint), or None when the report's
+    scales do not include both scales of the measure."""
+    if rep.joint.empty and not all(c in rep.scales for c in reg.JOINT_RECOVERY_SCALES):
+        return None
+    j = rep.joint
+    row = j[(j["population"] == population) & (j["phase"] == (phase or rep.endpoint))]
+    k, n = (int(row["k"].iloc[0]), int(row["n"].iloc[0])) if len(row) else (0, 0)
+    return stats.wilson(k, n)
+
+
+def left_out(rep: CohortReport, phase: str | None = None) -> dict[str, dict[str, int]]:
+    """Per scale at ``phase`` (default the endpoint): ``itt_not_yet_due`` and ``below_caseness`` counts."""
+    frame = rep.left_out[rep.left_out["phase"] == (phase or rep.endpoint)]
+    return {
+        str(r.instrument): {
+            "itt_not_yet_due": int(r.itt_not_yet_due),
+            "below_caseness": int(r.below_caseness),
+        }
+        for r in frame.itertuples()
+    }
 
 
 def headline(rep: CohortReport, population: str) -> pd.DataFrame:

@@ -117,6 +117,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             acknowledged_at TIMESTAMP NOT NULL,
             note VARCHAR
         )""",
+        # GAD-7 caseness follows NHS Talking Therapies (8); 10 was the earlier default, not a clinic's choice.
+        "UPDATE instruments SET caseness = 8 WHERE code = 'GAD-7' AND caseness = 10",
         # Discharged patients leave the caseload (by default) and stay in every outcome.
         """CREATE TABLE discharges (
             patient_id VARCHAR PRIMARY KEY,

@@ -12,12 +12,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from kapdata import cohort, db
+from kapdata import cohort, db, stats
 from kapdata import instruments as reg
 from kapdata.charts import cohort as figs
 from kapdata.cohort import CohortFilter
@@ -212,13 +213,17 @@ def chart(fig: go.Figure, name: str, data: pd.DataFrame | None = None) -> None:
 # --- sections ----------------------------------------------------------------------------------------------
 
 
-def headline_cards(rep: cohort.CohortReport, head: pd.DataFrame) -> None:
-    """One card per scale: response and remission at the endpoint with n and the 95% interval."""
+def headline_cards(rep: cohort.CohortReport, head: pd.DataFrame, population: str) -> None:
+    """One card per scale: response and remission at the endpoint with n and the 95% interval, who was left
+    out of remission (baseline below the clinical range) and, for ITT, who is not yet due; then the joint
+    NHS Talking Therapies recovery when both of its scales are chosen."""
     if head.empty:
         st.info("No patient in this cohort has a baseline on the chosen scales.")
         return
+    out = cohort.left_out(rep)
     for col, (_, row) in zip(st.columns(len(head)), head.iterrows(), strict=True):
         t = rep.thresholds[row["instrument"]]
+        counts = out.get(row["instrument"], {"itt_not_yet_due": 0, "below_caseness": 0})
         small = f" {WARN} fewer than {rep.min_cell}" if row["small"] else ""
         with col.container(border=True):
             st.markdown(f"**{row['instrument']}** · n = {row['n']:,}{small}")
@@ -227,8 +232,38 @@ def headline_cards(rep: cohort.CohortReport, head: pd.DataFrame) -> None:
                 "Response", pct(row["response"]), help=f"≥ {t['response_pct']}% reduction from baseline."
             )
             a.caption(rate_cell(row, "response"))
-            b.metric("Remission", pct(row["remission"]), help=f"Endpoint score below {t['remission_below']}.")
+            b.metric(
+                "Remission",
+                pct(row["remission"]),
+                help=f"Endpoint score below {t['remission_below']}, among patients whose baseline was in the "
+                f"clinical range (≥ {t['caseness']}).",
+            )
             b.caption(rate_cell(row, "remission"))
+            notes = []
+            if counts["below_caseness"]:
+                notes.append(
+                    f"{counts['below_caseness']:,} with a baseline below {t['caseness']} are left out of "
+                    "remission and recovery (not in the clinical range at the start)."
+                )
+            if population == "itt" and counts["itt_not_yet_due"]:
+                notes.append(f"{counts['itt_not_yet_due']:,} who dosed are not yet due for this endpoint.")
+            if notes:
+                st.caption(" ".join(notes))
+    joint = cohort.joint_rate(rep, population)
+    if joint is not None:
+        codes = " and ".join(reg.JOINT_RECOVERY_SCALES)
+        cutoffs = ", ".join(f"{c} ≥ {rep.thresholds[c]['caseness']}" for c in reg.JOINT_RECOVERY_SCALES)
+        text = "–" if joint.rate is None else fmt_rate(joint)
+        st.caption(
+            f"Joint recovery (NHS Talking Therapies, {codes}): {text}. A case on either scale at baseline "
+            f"({cutoffs}) and on neither at the endpoint; patients need a baseline on both scales."
+        )
+
+
+def fmt_rate(rate: stats.Rate) -> str:
+    """``31.2% (95% CI 25.0–35.7), 84/279``, ⚠ when n is under min_cell is left to the caller."""
+    lo, hi = rate.ci_low or 0.0, rate.ci_high or 0.0
+    return f"{100 * (rate.rate or 0.0):.1f}% (95% CI {100 * lo:.1f}–{100 * hi:.1f}), {rate.k}/{rate.n}"
 
 
 def funnel_display(funnel: pd.DataFrame) -> pd.DataFrame:
@@ -238,14 +273,20 @@ def funnel_display(funnel: pd.DataFrame) -> pd.DataFrame:
             "Patients": [f"{n:,}" for n in funnel["retained"]],
             "%": ["–" if pd.isna(p) else f"{p:.0f}%" for p in funnel["pct_enrolled"]],
             "Lost": [f"{n:,}" for n in funnel["lost"]],
+            "Not yet due": [f"{n:,}" for n in funnel["not_yet_due"]],
             "Reached": [f"{n:,}" for n in funnel["reached"]],
         }
     )
 
 
-def funnel_caption() -> str:
-    parts = [f"**{cohort.FUNNEL_STAGES[k]}**: {v}" for k, v in cohort.FUNNEL_HELP.items() if k != "enrolled"]
-    return "Each stage counts patients who also reached every stage before it. " + " ".join(parts)
+def funnel_caption(funnel: pd.DataFrame) -> str:
+    parts = [
+        f"**{label}**: {text}" for label, text in zip(funnel["label"][1:], funnel["help"][1:], strict=True)
+    ]
+    return (
+        "Each stage counts patients who also reached every stage before it. **Lost**: due for the stage on "
+        "the data's last day and did not reach it; **not yet due**: may still reach it. " + " ".join(parts)
+    )
 
 
 def safety_section(rep: cohort.CohortReport, ctl: Controls) -> None:
@@ -272,9 +313,26 @@ def safety_section(rep: cohort.CohortReport, ctl: Controls) -> None:
         st.markdown(f"**Blood pressure above {sys_bp:.0f}/{dia_bp:.0f} mmHg** (before or after a dose)")
         bp = safe["blood_pressure"]
         table(rates_display(bp, {"rate": "Share"}, {"measure": "Measure"}), bp, "blood pressure")
+        st.markdown("**Dissociation during dosing (CADSS-6, 0–24)**")
+        st.caption(dissociation_text(s))
     with right:
         fx = safe["side_effects"]
         chart(figs.side_effects(fx), "side effects", fx)
+
+
+def dissociation_text(s: dict[str, Any]) -> str:
+    """Mean CADSS-6 total per recorded session with its 95% t-interval, or why there is none."""
+    n = int(s.get("dissociation_recorded") or 0)
+    if n == 0:
+        return "No dissociation scores recorded for this cohort's sessions."
+    sd = s.get("dissociation_sd")
+    m = stats.t_interval(n, float(s["dissociation_mean"]), None if sd is None else float(sd))
+    ci = "" if m.ci_low is None or m.ci_high is None else f" (95% CI {m.ci_low:.1f}–{m.ci_high:.1f})"
+    return (
+        f"Mean {m.mean or 0:.1f}{ci} over {n:,} of {int(s.get('sessions') or 0):,} sessions with a score "
+        "(CADSS-6: Rodrigues et al. 2021, a 6-item short form of the Clinician-Administered Dissociative "
+        "States Scale; higher is more dissociation)."
+    )
 
 
 def published_section(head: pd.DataFrame, published: pd.DataFrame, ctl: Controls) -> None:

@@ -30,21 +30,23 @@ st.info(
 # Headline
 tiles = rep.tiles()
 c = st.columns(5)
-c[0].metric("Patients in cohort", f"{tiles['enrolled']:,}", help=cohort.FUNNEL_HELP["enrolled"])
-c[1].metric("Started dosing", f"{tiles['first_dose']:,}", help=cohort.FUNNEL_HELP["first_dose"])
-c[2].metric("Finished dosing", f"{tiles['dosing_complete']:,}", help=cohort.FUNNEL_HELP["dosing_complete"])
-c[3].metric("Reached integration", f"{tiles['integration']:,}", help=cohort.FUNNEL_HELP["integration"])
-c[4].metric("Reached follow-up", f"{tiles['follow_up']:,}", help=cohort.FUNNEL_HELP["follow_up"])
+helps = dict(zip(rep.funnel["stage"], rep.funnel["help"], strict=True))
+c[0].metric("Patients in cohort", f"{tiles['enrolled']:,}", help=helps["enrolled"])
+c[1].metric("Started dosing", f"{tiles['first_dose']:,}", help=helps["first_dose"])
+c[2].metric("Finished dosing", f"{tiles['dosing_complete']:,}", help=helps["dosing_complete"])
+c[3].metric("Reached integration", f"{tiles['integration']:,}", help=helps["integration"])
+c[4].metric("Reached follow-up", f"{tiles['follow_up']:,}", help=helps["follow_up"])
 st.subheader(f"Response and remission at {end.lower()} · {who}")
 head = cohort.headline(rep, pop)
-clinic.headline_cards(rep, head)
+clinic.headline_cards(rep, head, pop)
 
 # Phase table
 st.subheader(f"Outcomes by phase · {who}")
 st.caption(
     f"Rates: % (Wilson 95% CI) k/n; means with a 95% t-interval. {clinic.WARN} shaded: fewer than "
-    f"{rep.min_cell} patients (min_cell, a setting), read with care. Recovery and reliable recovery count "
-    "only patients who started in the clinical range (as NHS Talking Therapies)."
+    f"{rep.min_cell} patients (min_cell, a setting), read with care. Remission, recovery and reliable "
+    "recovery count only patients who started in the clinical range (as NHS Talking Therapies); response "
+    "needs a baseline above 0."
 )
 table = cohort.phase_table(rep, pop)
 scores, change = clinic.phase_display(table)
@@ -88,7 +90,7 @@ with left:
     clinic.chart(figs.funnel(rep.funnel), "retention funnel")
 with right:
     clinic.table(clinic.funnel_display(rep.funnel), rep.funnel, "retention")
-    st.caption(clinic.funnel_caption())
+    st.caption(clinic.funnel_caption(rep.funnel))
 
 # Breakdown
 st.subheader(f"Breakdown · {who}")

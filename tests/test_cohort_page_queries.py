@@ -440,6 +440,9 @@ def test_blood_pressure_above_threshold_counts_sessions_and_patients(rep):
         "bp_high_patients": 2,
         "bp_sys_threshold": 160.0,
         "bp_dia_threshold": 100.0,
+        "dissociation_recorded": 0,  # no CADSS-6 scores in this cohort
+        "dissociation_mean": None,
+        "dissociation_sd": None,
     }
     bp = cohort.safety_tables(rep, "completers")["blood_pressure"]
     assert [kn(r, "rate") for _, r in bp.iterrows()] == [(2, 17), (2, 6)]

@@ -159,9 +159,59 @@ def test_itt_carries_the_dropout_forward_and_excludes_the_never_dosed(cohort_db)
     )
 
 
-def test_follow_up_has_no_completers_but_itt_uses_the_last_observation(cohort_db):
+def test_follow_up_counts_nobody_still_inside_the_integration_window(cohort_db):
+    # The data's last day is 2025-05-01, 33 days after the last session (2025-03-29): A, B and C are still in
+    # integration (84 days), so nobody is due for a follow-up endpoint. Before, ITT counted all three.
     r = results(cohort_db)[("PHQ-9", "follow-up")]
-    assert (r["completers"], r["itt"]) == (0, 3)
+    assert (r["completers"], r["itt"], r["itt_not_yet_due"]) == (0, 0, 3)
+    assert r["rates"]["itt"]["response"]["n"] == 0
+
+
+def test_itt_follow_up_carries_the_last_observation_for_patients_past_the_window(tmp_path: Path) -> None:
+    # H: sessions 2024-11-01 and 2024-11-10, baseline 20, dosing 8; the data's last day 2025-05-01 (J) is 172
+    # days after H's last session: due for follow-up, LOCF endpoint 8 (response, 60% down). J's last session
+    # 2025-04-20 is 11 days before: J is still dosing as far as the data shows, due for neither integration
+    # nor follow-up, but due for end of dosing and latest.
+    patients = [
+        ("H", "North", "Dr A", "25-34", "female", "MDD", "IV"),
+        ("J", "North", "Dr A", "25-34", "female", "MDD", "IV"),
+    ]
+    scores = [
+        ("H", "PHQ-9", "2024-10-20", 20),
+        ("H", "PHQ-9", "2024-11-05", 8),
+        ("J", "PHQ-9", "2025-04-01", 15),
+        ("J", "PHQ-9", "2025-05-01", 9),
+    ]
+    sessions = sessions_rows("H", ["2024-11-01", "2024-11-10"]) + sessions_rows(
+        "J", ["2025-04-10", "2025-04-20"]
+    )
+    db_file = tmp_path / "kap.duckdb"
+    load(
+        db_file,
+        write_text(tmp_path / "patients.csv", csv_lines(PATIENTS_HEADER, patients)),
+        write_text(tmp_path / "sessions.csv", csv_lines(SESSIONS_HEADER, sessions)),
+        write_text(tmp_path / "scores.csv", csv_lines(SCORES_HEADER, scores)),
+    )
+    r = results(db_file)
+    assert (r[("PHQ-9", "follow-up")]["itt"], r[("PHQ-9", "follow-up")]["itt_not_yet_due"]) == (1, 1)
+    assert r[("PHQ-9", "follow-up")]["itt_means"]["mean_endpoint"] == pytest.approx(8.0)
+    assert r[("PHQ-9", "follow-up")]["rates"]["itt"]["response"] == pytest.approx(
+        {"k": 1, "n": 1, "rate": 1.0, "ci_low": 0.2065, "ci_high": 1.0}, abs=1e-4
+    )
+    assert (r[("PHQ-9", "integration")]["itt"], r[("PHQ-9", "integration")]["itt_not_yet_due"]) == (1, 1)
+    assert (r[("PHQ-9", "dosing")]["itt"], r[("PHQ-9", "latest")]["itt"]) == (2, 2)
+
+
+def test_follow_up_has_no_completers_but_itt_uses_the_last_observation(tmp_path: Path) -> None:
+    # The module's cohort, with the data running on to 2025-09-01 (D answers again): A, B and C are past
+    # the integration window (last session 2025-03-29 + 84 days), so all three are due for follow-up.
+    folder = tmp_path
+    files = write_cohort(folder)
+    later = write_text(folder / "later.csv", csv_lines(SCORES_HEADER, [("D", "PHQ-9", "2025-09-01", 15)]))
+    db_file = folder / "kap.duckdb"
+    load(db_file, *files, later)
+    r = results(db_file)[("PHQ-9", "follow-up")]
+    assert (r["completers"], r["itt"], r["itt_not_yet_due"]) == (0, 3, 0)
     assert r["mean_change"] == {"n": 0, "mean": None, "sd": None, "ci_low": None, "ci_high": None}
     assert r["rates"]["completers"]["response"] == {
         "k": 0,
@@ -206,9 +256,11 @@ def test_summary_document_is_json_with_definitions(cohort_db):
         doc = cohort.summary_document(con)
     text = json.dumps(doc)  # serialisable without help
     back = json.loads(text)
-    assert set(back) == {"generated_at", "phases", "definitions", "results"}
+    assert set(back) == {"generated_at", "phases", "definitions", "results", "joint_recovery"}
     assert back["phases"] == ["dosing", "integration", "follow-up", "latest"]
     assert back["definitions"]["settings"]["integration_window_days"] == 84
+    assert back["definitions"]["settings"]["baseline_max_days"] == 90
+    assert back["definitions"]["settings"]["dosing_complete_sessions"] == 4
     phq = [i for i in back["definitions"]["instruments"] if i["code"] == "PHQ-9"][0]
     assert phq == {
         "code": "PHQ-9",
@@ -225,8 +277,9 @@ def test_summary_document_is_json_with_definitions(cohort_db):
 
 
 def test_recovery_rates_count_only_patients_who_started_in_the_clinical_range(tmp_path: Path) -> None:
-    # F starts below caseness (8 -> 3): per patient recovery is false, but the recovery rate leaves F out,
-    # as NHS Talking Therapies does; G starts in range (16 -> 4) and recovers reliably.
+    # F starts below caseness (8 -> 3): recovery and remission are undefined for F (NHS Talking Therapies
+    # counts only patients who started in the clinical range; before, F "remitted"); G starts in range
+    # (16 -> 4), remits and recovers reliably.
     patients = [
         ("F", "North", "Dr A", "25-34", "female", "MDD", "IV"),
         ("G", "North", "Dr A", "25-34", "female", "MDD", "IV"),
@@ -250,9 +303,52 @@ def test_recovery_rates_count_only_patients_who_started_in_the_clinical_range(tm
         rates = row["rates"][group]
         assert (rates["recovery"]["k"], rates["recovery"]["n"]) == (1, 1)
         assert (rates["reliable_recovery"]["k"], rates["reliable_recovery"]["n"]) == (1, 1)
-        assert (rates["remission"]["k"], rates["remission"]["n"]) == (2, 2)
+        assert (rates["remission"]["k"], rates["remission"]["n"]) == (1, 1)
+        assert (rates["response"]["k"], rates["response"]["n"]) == (2, 2)  # response does not need caseness
+    assert row["baseline_below_caseness"] == 1
     with db.reader(db_file) as con:
         flags = con.execute(
-            "SELECT patient_id, recovery FROM outcomes WHERE phase = 'dosing' ORDER BY patient_id"
+            "SELECT patient_id, remission, recovery, reliable_recovery FROM outcomes WHERE phase = 'dosing' "
+            "ORDER BY patient_id"
         ).fetchall()
-    assert flags == [("F", False), ("G", True)]
+    assert flags == [("F", None, None, None), ("G", True, True, True)]
+
+
+def test_joint_recovery_needs_a_case_on_either_scale_at_baseline_and_neither_at_the_endpoint(
+    tmp_path: Path,
+) -> None:
+    # PHQ-9 caseness 10, GAD-7 caseness 8 (NHS Talking Therapies). At the end of dosing:
+    #   K: PHQ 12 -> 6, GAD 9 -> 5: a case at baseline on both, neither at the end: recovered.
+    #   L: PHQ 8 -> 4, GAD 10 -> 8: a case on GAD-7 only; GAD-7 8 is still a case: not recovered.
+    #   M: PHQ 6 -> 3, GAD 5 -> 2: no case at baseline: left out.
+    #   N: PHQ 15 -> 4, no GAD-7: needs both scales: left out.
+    # Completers 1/2. Per scale GAD-7 recovery: K yes, L no (caseness 8; it used to be 10, leaving L out).
+    ids = "KLMN"
+    patients = [(p, "North", "Dr A", "25-34", "female", "MDD", "IV") for p in ids]
+    scores = []
+    for pid, phq, gad in (
+        ("K", (12, 6), (9, 5)),
+        ("L", (8, 4), (10, 8)),
+        ("M", (6, 3), (5, 2)),
+        ("N", (15, 4), None),
+    ):
+        scores += [(pid, "PHQ-9", "2025-02-20", phq[0]), (pid, "PHQ-9", "2025-03-15", phq[1])]
+        if gad:
+            scores += [(pid, "GAD-7", "2025-02-20", gad[0]), (pid, "GAD-7", "2025-03-15", gad[1])]
+    sessions = [r for pid in ids for r in sessions_rows(pid, ["2025-03-01", "2025-03-29"])]
+    db_file = tmp_path / "kap.duckdb"
+    load(
+        db_file,
+        write_text(tmp_path / "patients.csv", csv_lines(PATIENTS_HEADER, patients)),
+        write_text(tmp_path / "sessions.csv", csv_lines(SESSIONS_HEADER, sessions)),
+        write_text(tmp_path / "scores.csv", csv_lines(SCORES_HEADER, scores)),
+    )
+    with db.reader(db_file) as con:
+        joint = {j["phase"]: j for j in cohort.joint_recovery(con)}
+        rep = cohort.report(con)
+    assert (joint["dosing"]["completers"]["k"], joint["dosing"]["completers"]["n"]) == (1, 2)
+    assert (joint["dosing"]["itt"]["k"], joint["dosing"]["itt"]["n"]) == (1, 2)
+    gad = results(db_file)[("GAD-7", "dosing")]["rates"]["completers"]["recovery"]
+    assert (gad["k"], gad["n"]) == (1, 2)
+    rate = cohort.joint_rate(rep, "completers", "dosing")
+    assert rate is not None and (rate.k, rate.n) == (1, 2)

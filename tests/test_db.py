@@ -15,7 +15,7 @@ from tests.conftest import SCORES_HEADER, csv_lines, hold, load, snapshot, write
 
 def test_session_creates_the_schema_seeds_registry_and_settings(db_file):
     with db.session(db_file) as con:
-        assert db.schema_version(con) == db.SCHEMA_VERSION == 1
+        assert db.schema_version(con) == db.SCHEMA_VERSION == 2
         assert db.schema_current(con)
         tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
         assert {"meta", "batches", "patients", "sessions", "scores", "instruments", "settings"} <= tables
@@ -26,13 +26,15 @@ def test_session_creates_the_schema_seeds_registry_and_settings(db_file):
             "bp_sys_threshold": 160,
             "bp_dia_threshold": 100,
             "min_cell": 11,
+            "baseline_max_days": 90,
+            "dosing_complete_sessions": 4,
         }
         rows = con.execute(
             "SELECT code, n_items, item_max, total_max, caseness, response_pct, remission_below, "
             "reliable_change, safety_items FROM instruments ORDER BY code"
         ).fetchall()
         assert rows == [
-            ("GAD-7", 7, 3, 21, 10, 50, 5, 4, []),
+            ("GAD-7", 7, 3, 21, 8, 50, 5, 4, []),
             ("PCL-5", 20, 4, 80, 33, 30, 33, 10, []),
             ("PHQ-9", 9, 3, 27, 10, 50, 5, 6, [9]),
         ]
@@ -162,3 +164,23 @@ def test_load_into_a_folder_that_does_not_exist_yet(tmp_path):
 
 def test_lock_wait_is_fifteen_seconds():
     assert db.LOCK_WAIT_SECONDS == 15
+
+
+def test_a_version_1_database_is_migrated_keeping_its_data(base_db):
+    # Make base_db look as schema 1 left it: no prorated column, no acknowledgement tables, GAD-7 caseness 10.
+    con = duckdb.connect(str(base_db))
+    before = con.execute("SELECT count(*) FROM scores").fetchone()
+    con.execute("DROP TABLE acknowledgements")
+    con.execute("DROP TABLE discharges")
+    for view in ("outcomes_live", "score_points", "scores_phased"):
+        con.execute(f"DROP VIEW IF EXISTS {view}")
+    con.execute("ALTER TABLE scores DROP COLUMN prorated")
+    con.execute("UPDATE instruments SET caseness = 10 WHERE code = 'GAD-7'")
+    con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    con.close()
+    with db.session(base_db) as con:
+        assert db.schema_version(con) == 2
+        assert con.execute("SELECT count(*) FROM scores").fetchone() == before
+        assert con.execute("SELECT count(*) FROM scores WHERE prorated").fetchone() == (0,)
+        assert con.execute("SELECT count(*) FROM acknowledgements").fetchone() == (0,)
+        assert con.execute("SELECT caseness FROM instruments WHERE code = 'GAD-7'").fetchone() == (8,)

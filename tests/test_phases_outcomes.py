@@ -111,9 +111,12 @@ RECOVERY_CASES = [
     ("PHQ-9", 12, 9, True, False),  # case → non-case, only -3
     ("PHQ-9", 10, 4, True, True),  # caseness exactly at baseline, -6
     ("PHQ-9", 16, 10, False, False),  # still a case at 10
-    ("PHQ-9", 9, 2, False, False),  # not a case at baseline
+    ("PHQ-9", 9, 2, None, None),  # not a case at baseline: undefined
     ("GAD-7", 10, 6, True, True),  # -4
-    ("GAD-7", 11, 9, True, False),
+    ("GAD-7", 11, 7, True, True),  # below 8 (NHS Talking Therapies caseness) at the end, -4
+    ("GAD-7", 11, 9, False, False),  # 9 is still a case at GAD-7 >= 8
+    ("GAD-7", 8, 7, True, False),  # caseness 8: a case at 8 (it was not at 10)
+    ("GAD-7", 7, 2, None, None),  # below 8 at baseline: undefined
     ("PCL-5", 33, 23, True, True),  # -10
     ("PCL-5", 40, 32, True, False),  # -8
     ("PCL-5", 50, 33, False, False),
@@ -341,12 +344,13 @@ def test_latest_is_the_last_score_outside_preparation_when_a_phase_is_missing(tm
 def test_baseline_zero_leaves_pct_change_and_response_empty(pairs_db):
     row = two_point(pairs_db, "PHQ-9", 0, 3)
     assert (row["change"], row["pct_change"], row["response"]) == (3, None, None)
+    # Baseline 0 is below the clinical range: remission and recovery are undefined (they "remitted" before).
     assert (row["remission"], row["reliable_improvement"], row["reliable_deterioration"]) == (
-        True,
+        None,
         False,
         False,
     )
-    assert (row["recovery"], row["reliable_recovery"]) == (False, False)
+    assert (row["recovery"], row["reliable_recovery"]) == (None, None)
 
 
 def test_no_baseline_leaves_every_change_metric_empty(tmp_path):
@@ -412,11 +416,11 @@ def test_deterioration_outcome_row(pairs_db):
     } == {
         "change": 8,
         "response": False,
-        "remission": False,
+        "remission": None,  # baseline 8 is below the clinical range (10)
         "reliable_improvement": False,
         "reliable_deterioration": True,
-        "recovery": False,
-        "reliable_recovery": False,
+        "recovery": None,
+        "reliable_recovery": None,
     }
     assert row["pct_change"] == pytest.approx(100.0)
 
@@ -488,3 +492,33 @@ def test_empty_database_gives_an_outcomes_file_with_just_the_header(tmp_path):
     with db.reader(db_file) as con:
         assert outcomes.write_outcomes_csv(con, tmp_path / "o.csv") == 0
     assert (tmp_path / "o.csv").read_text().splitlines() == [",".join(outcomes.OUTCOME_COLUMNS)]
+
+
+def test_remission_is_undefined_for_a_baseline_below_the_clinical_range(pairs_db):
+    # PHQ-9 9 -> 2: below caseness (10) at baseline. It used to count as a remission.
+    row = two_point(pairs_db, "PHQ-9", 9, 2)
+    assert (row["remission"], row["recovery"], row["response"]) == (None, None, True)
+
+
+def test_baseline_is_at_most_baseline_max_days_before_the_first_dose(tmp_path):
+    # P1 first dose 2025-03-01 (sessions from build()). A score 410 days before is not a baseline; with a
+    # score 90 days before, that one is (default baseline_max_days 90); 91 days before is not.
+    for sub in ("far", "edge", "over"):
+        (tmp_path / sub).mkdir()
+    far = build(tmp_path / "far", [("P1", "PHQ-9", "2024-01-16", 20), ("P1", "PHQ-9", "2025-03-10", 8)])
+    row = outcome(far, "P1", "PHQ-9", "dosing")
+    assert (row["baseline"], row["change"], row["response"]) == (None, None, None)
+    edge = build(
+        tmp_path / "edge",
+        [
+            ("P1", "PHQ-9", "2024-11-30", 25),  # 91 days before
+            ("P1", "PHQ-9", "2024-12-01", 20),  # 90 days before
+            ("P1", "PHQ-9", "2025-03-10", 8),
+        ],
+    )
+    row = outcome(edge, "P1", "PHQ-9", "dosing")
+    assert (row["baseline"], row["change"]) == (20, -12)
+    just_over = build(
+        tmp_path / "over", [("P1", "PHQ-9", "2024-11-30", 25), ("P1", "PHQ-9", "2025-03-10", 8)]
+    )
+    assert outcome(just_over, "P1", "PHQ-9", "dosing")["baseline"] is None

@@ -33,10 +33,12 @@ def test_defaults_are_design_values() -> None:
         "bp_sys_threshold": 160,
         "bp_dia_threshold": 100,
         "min_cell": 11,
+        "baseline_max_days": 90,
+        "dosing_complete_sessions": 4,
     }
     assert d.thresholds == {
         "PHQ-9": {"caseness": 10, "response_pct": 50, "remission_below": 5, "reliable_change": 6},
-        "GAD-7": {"caseness": 10, "response_pct": 50, "remission_below": 5, "reliable_change": 4},
+        "GAD-7": {"caseness": 8, "response_pct": 50, "remission_below": 5, "reliable_change": 4},
         "PCL-5": {"caseness": 33, "response_pct": 30, "remission_below": 33, "reliable_change": 10},
     }
     assert ks.validate(d) == []
@@ -78,7 +80,11 @@ def test_remission_and_reliable_change_thresholds_change_the_flags(base_db: Path
     assert (row["remission"], row["reliable_improvement"], row["recovery"]) == (False, True, True)
     ks.update(base_db, thresholds={"phq9": {"remission_below": 10, "reliable_change": 10, "caseness": 20}})
     row = outcome(base_db, "B1", "PHQ-9", "latest")
-    assert (row["remission"], row["reliable_improvement"], row["recovery"]) == (True, False, False)
+    # The baseline is now below the clinical range (20): remission and recovery are undefined, not true/false.
+    assert (row["remission"], row["reliable_improvement"], row["recovery"]) == (None, False, None)
+    ks.update(base_db, thresholds={"phq9": {"caseness": 10}})
+    row = outcome(base_db, "B1", "PHQ-9", "latest")
+    assert (row["remission"], row["reliable_improvement"], row["recovery"]) == (True, False, True)
 
 
 def test_cli_outcomes_reflect_the_settings_in_the_database(base_db: Path, tmp_path: Path) -> None:
@@ -196,7 +202,8 @@ def test_reset_restores_every_default(base_db: Path) -> None:
             {"window": 30},
             None,
             "There is no setting 'window'; the settings are integration_window_days, "
-            "overdue_days, bp_sys_threshold, bp_dia_threshold, min_cell.",
+            "overdue_days, bp_sys_threshold, bp_dia_threshold, baseline_max_days, dosing_complete_sessions, "
+            "min_cell.",
         ),
         (None, {"BDI": {"caseness": 10}}, "Unknown scale 'BDI'; the scales are PHQ-9, GAD-7, PCL-5."),
         (
