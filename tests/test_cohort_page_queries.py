@@ -175,6 +175,61 @@ def test_funnel_keeps_only_patients_who_reached_every_earlier_stage(rep):
     assert f.loc["first_dose", "pct_enrolled"] == pytest.approx(500 / 7)
 
 
+def test_funnel_counts_as_lost_only_patients_due_for_the_stage(tmp_path: Path) -> None:
+    # The data's last day is 2025-03-20 (P's questionnaire).
+    #   P: 2 sessions, the last 12 days before: dosing under way, not yet due for "dosing complete".
+    #   Q: 4 sessions, the last 47 days before, an integration score: not yet due for follow-up (84 days).
+    #   R: baseline 5 days before, no dose yet: not yet due for a first dose (baseline window 90 days).
+    #   S: baseline 170 days before, never dosed: lost at first dose.
+    #   T: 2 sessions, the last 67 days before: lost at "dosing complete".
+    # Before, every patient who had not reached a stage was "lost": [0, 0, 2, 2, 0, 1].
+    from tests.conftest import SCORES_HEADER, sessions_rows
+    from tests.conftest import SESSIONS_HEADER as HEADER
+
+    ids = "PQRST"
+    patients = [(p, "North", "PR1", "25-34", "female", "MDD", "IV") for p in ids]
+    scores = [
+        ("P", "PHQ-9", "2025-02-20", 20),
+        ("P", "PHQ-9", "2025-03-20", 12),
+        ("Q", "PHQ-9", "2025-01-10", 18),
+        ("Q", "PHQ-9", "2025-02-20", 9),
+        ("R", "PHQ-9", "2025-03-15", 15),
+        ("S", "PHQ-9", "2024-10-01", 15),
+        ("T", "PHQ-9", "2025-01-01", 16),
+    ]
+    sessions = (
+        sessions_rows("P", ["2025-03-01", "2025-03-08"])
+        + sessions_rows("Q", ["2025-01-15", "2025-01-20", "2025-01-25", "2025-02-01"])
+        + sessions_rows("T", ["2025-01-05", "2025-01-12"])
+    )
+    path = tmp_path / "kap.duckdb"
+    load(
+        path,
+        write_text(tmp_path / "patients.csv", csv_lines(PATIENTS_HEADER, patients)),
+        write_text(tmp_path / "sessions.csv", csv_lines(HEADER, sessions)),
+        write_text(tmp_path / "scores.csv", csv_lines(SCORES_HEADER, scores)),
+    )
+    f = report(path).funnel
+    assert list(f["retained"]) == [5, 5, 3, 1, 1, 0]
+    assert list(f["not_yet_due"]) == [0, 0, 1, 1, 0, 1]
+    assert list(f["lost"]) == [0, 0, 1, 1, 0, 0]
+    assert f["label"].iloc[3] == "Dosing complete (≥ 4 sessions)"
+
+
+def test_dosing_complete_follows_its_setting(clinic_db, tmp_path: Path) -> None:
+    import shutil
+
+    from kapdata import settings as ks
+
+    copy = tmp_path / "kap.duckdb"
+    shutil.copy(clinic_db, copy)
+    ks.update(copy, general={"dosing_complete_sessions": 3})
+    f = report(copy).funnel.set_index("stage")
+    # A and F have 4 sessions; B, C and E have 3 (E has no baseline); G has 1.
+    assert f.loc["dosing_complete", "reached"] == 5
+    assert f.loc["dosing_complete", "label"] == "Dosing complete (≥ 3 sessions)"
+
+
 def test_funnel_questionnaire_stages_follow_the_chosen_scales(clinic_db):
     pcl = report(clinic_db, scales=["PCL-5"]).funnel.set_index("stage")
     # only C has PCL-5 scores: a baseline, no integration

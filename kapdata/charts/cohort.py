@@ -106,9 +106,10 @@ def funnel(frame: pd.DataFrame) -> go.Figure:
             textinfo="value+percent initial",
             marker={"color": colors[: len(frame)]},
             connector={"line": {"color": "#bdbdbd", "width": 1}},
-            customdata=frame[["lost", "reached"]].to_numpy(),
+            customdata=frame[["lost", "reached", "not_yet_due"]].to_numpy(),
             hovertemplate="<b>%{y}</b><br>%{x:,} patients (%{percentInitial:.0%} of enrolled)"
-            "<br>lost at this step: %{customdata[0]:,}"
+            "<br>lost at this step (due, not reached): %{customdata[0]:,}"
+            "<br>not yet due for this step: %{customdata[2]:,}"
             "<br>reached this stage by any path: %{customdata[1]:,}<extra></extra>",
         )
     )
