@@ -223,7 +223,7 @@ def headline_cards(rep: cohort.CohortReport, head: pd.DataFrame, population: str
     out = cohort.left_out(rep)
     for col, (_, row) in zip(st.columns(len(head)), head.iterrows(), strict=True):
         t = rep.thresholds[row["instrument"]]
-        counts = out.get(row["instrument"], {"itt_not_yet_due": 0, "below_caseness": 0})
+        counts = out.get(row["instrument"], {"itt_not_yet_due": 0})
         small = f" {WARN} fewer than {rep.min_cell}" if row["small"] else ""
         with col.container(border=True):
             st.markdown(f"**{row['instrument']}** · n = {row['n']:,}{small}")
@@ -240,9 +240,10 @@ def headline_cards(rep: cohort.CohortReport, head: pd.DataFrame, population: str
             )
             b.caption(rate_cell(row, "remission"))
             notes = []
-            if counts["below_caseness"]:
+            below = int(row["n"]) - int(row["remission_n"])  # remission is undefined only for them
+            if below:
                 notes.append(
-                    f"{counts['below_caseness']:,} with a baseline below {t['caseness']} are left out of "
+                    f"{below:,} of {int(row['n']):,} with a baseline below {t['caseness']} are left out of "
                     "remission and recovery (not in the clinical range at the start)."
                 )
             if population == "itt" and counts["itt_not_yet_due"]:

@@ -108,3 +108,30 @@ def test_empty_database_shows_zeros_and_a_hint(tmp_path: Path, monkeypatch) -> N
     at = open_page()
     assert metrics(at, "Patients in cohort") == ["0"]
     assert any("No patient in this cohort has a baseline" in i.value for i in at.info)
+
+
+def test_cards_say_who_is_left_out_and_show_the_joint_nhs_recovery(app_env: Path) -> None:
+    at = open_page()
+    rep = expected(app_env)
+    head = cohort.headline(rep, "completers")
+    captions = [c.value for c in at.caption]
+    for _, row in head.iterrows():
+        below = int(row["n"]) - int(row["remission_n"])
+        if below:
+            assert any(
+                c.startswith(f"{below:,} of {int(row['n']):,} with a baseline below") for c in captions
+            )
+    joint = cohort.joint_rate(rep, "completers")
+    assert joint is not None and joint.n > 0
+    assert any(
+        c.startswith("Joint recovery (NHS Talking Therapies, PHQ-9 and GAD-7)")
+        and f"{joint.k}/{joint.n}" in c
+        for c in captions
+    )
+    at.radio(key="co_population").set_value("itt").run()
+    due = cohort.left_out(expected(app_env))
+    pending = sum(v["itt_not_yet_due"] for v in due.values())
+    if pending:
+        assert any("not yet due for this endpoint" in c.value for c in at.caption)
+    funnel_tables = [d.value for d in at.dataframe if "Not yet due" in getattr(d.value, "columns", [])]
+    assert funnel_tables, "the retention table has a Not yet due column"
