@@ -11,6 +11,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
+from kapdata import csvsafe
 from kapdata import instruments as reg
 
 #: The CLI's ``outcomes`` file: exactly these columns, in this order.
@@ -75,5 +76,5 @@ def write_outcomes_csv(
     frame = format_for_csv(outcomes_frame(con, instrument))
     target = Path(out)
     target.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(target, index=False, columns=list(OUTCOME_COLUMNS), na_rep="")
+    csvsafe.write_csv(frame, target, columns=list(OUTCOME_COLUMNS), na_rep="")
     return len(frame)

@@ -18,7 +18,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from kapdata import cohort, db, stats
+from kapdata import cohort, csvsafe, db, stats
 from kapdata import instruments as reg
 from kapdata.charts import cohort as figs
 from kapdata.cohort import CohortFilter
@@ -166,7 +166,7 @@ def _slug(text: str) -> str:
 def csv_button(data: pd.DataFrame, name: str, *, label: str = "Download table (CSV)") -> None:
     st.download_button(
         label,
-        data.to_csv(index=False).encode("utf-8"),
+        csvsafe.to_csv_bytes(data),
         file_name=f"{_slug(name)}.csv",
         mime="text/csv",
         key=f"csv_{_slug(name)}",

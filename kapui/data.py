@@ -21,7 +21,7 @@ from typing import Protocol
 import pandas as pd
 import streamlit as st
 
-from kapdata import db, ingest
+from kapdata import csvsafe, db, ingest
 from kapdata import settings as ks
 
 UPLOAD_TYPES: tuple[str, ...] = ("csv", "parquet", "xlsx")
@@ -309,7 +309,8 @@ def report_frame(result: ingest.LoadResult | None) -> pd.DataFrame:
 
 
 def report_csv(frame: pd.DataFrame) -> bytes:
-    return frame.to_csv(index=False).encode("utf-8")
+    """The validation report as CSV; a cell copied from a file (a value) cannot become a formula."""
+    return csvsafe.to_csv_bytes(frame)
 
 
 def preview_frame(src: ingest.SourceFile, n: int = PREVIEW_ROWS) -> pd.DataFrame:
