@@ -5,7 +5,6 @@ import streamlit as st
 import kapui
 
 st.set_page_config(page_title="KAP Outcomes", page_icon=":material/monitoring:", layout="wide")
-kapui.initialise()
 kapui.keep_filter_state()
 
 page = st.navigation(
@@ -27,4 +26,8 @@ page = st.navigation(
         ],
     }
 )
-page.run()
+try:
+    kapui.initialise()
+    page.run()
+except Exception as exc:  # every page: one line in words, the details only in the server log
+    kapui.show_error(exc)

@@ -297,6 +297,32 @@ class NoDatabase(FileNotFoundError):
     """The database file does not exist yet."""
 
 
+def explain(exc: BaseException, path: str | os.PathLike[str] | None = None) -> str:
+    """One line for a person: what is wrong with the database and what to do. Never the engine's own text
+    (it can hold file paths and internals); the full error goes to the server log instead."""
+    where = f" ({db_path(path)})" if path is not None else ""
+    text = str(exc).lower()
+    if isinstance(exc, NoDatabase):
+        return f"There is no database yet{where}: load files first (Data import, or python -m kapdata load)."
+    if isinstance(exc, DatabaseBusy):
+        return "The database is busy: another person or command is saving changes. Try again in a moment."
+    if isinstance(exc, PermissionError) or "read-only" in text or "permission denied" in text:
+        return (
+            f"The database file{where} is read-only here: pages can be read, but nothing can be saved. "
+            "Ask your administrator to make it writable."
+        )
+    if isinstance(exc, IsADirectoryError | NotADirectoryError):
+        return f"The database path{where} is not a file. Check --db or KAP_DB."
+    if isinstance(exc, OSError) and "no space" in text:
+        return "The disk holding the database is full: nothing was saved. Free some space and try again."
+    if isinstance(exc, duckdb.Error):
+        return (
+            f"The database file{where} could not be read: it may be damaged, truncated or not a KAP Outcomes "
+            "database. Restore it from a backup, or point --db / KAP_DB at the right file."
+        )
+    return "Something went wrong; the details are in the server's log. Reload the page to try again."
+
+
 def schema_current(con: duckdb.DuckDBPyConnection) -> bool:
     if schema_version(con) != SCHEMA_VERSION:
         return False

@@ -9,8 +9,10 @@ result is cached on the database file's fingerprint, so an import by any process
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+from pathlib import Path
 
 import streamlit as st
 
@@ -56,7 +58,21 @@ def database_path() -> str:
 
 @st.cache_resource(show_spinner="Preparing the database (first run loads the sample cohort)…")
 def _initialise(path: str) -> str:
+    # A database that already holds data is only read here, so a read-only file still serves every page.
+    if Path(path).is_file():
+        with db.reader(path) as con:
+            if not db.is_empty(con):
+                return f"{path}: ready"
     return bootstrap.ensure_database(path)
+
+
+def show_error(exc: Exception) -> None:
+    """A page failed: log the whole error for the administrator, show the person one line in words (never
+    a traceback or the engine's message). ``KAP_DEBUG=1`` re-raises instead (the page tests set it)."""
+    if os.environ.get("KAP_DEBUG") == "1":
+        raise exc
+    logging.getLogger("kapui").exception("page failed")
+    st.error(db.explain(exc, database_path()), icon=":material/error:")
 
 
 def initialise() -> str:

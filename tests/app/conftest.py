@@ -35,3 +35,9 @@ def counts(path: Path) -> dict[str, int]:
         ).fetchone()
     assert row is not None
     return {"patients": row[0], "scores": row[1], "sessions": row[2]}
+
+
+@pytest.fixture(autouse=True)
+def _raise_page_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Page tests see a page's exception (``at.exception``) instead of the one-line message users get."""
+    monkeypatch.setenv("KAP_DEBUG", "1")
