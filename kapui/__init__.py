@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -64,6 +65,16 @@ def _initialise(path: str) -> str:
             if not db.is_empty(con):
                 return f"{path}: ready"
     return bootstrap.ensure_database(path)
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:=])")
+
+
+def md_escape(text: object) -> str:
+    """Text a user or a file supplied, made safe for Streamlit's Markdown-rendering elements (``st.error``,
+    ``st.caption``, labels…): every Markdown character is backslash-escaped, so a link, an image (a web
+    beacon), a bare URL, an emoji code or a colour directive shows as the characters it is, never rendered."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", str(text))
 
 
 def show_error(exc: Exception) -> None:

@@ -11,6 +11,7 @@ shows the change at once.
 from __future__ import annotations
 
 import hashlib
+import logging
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -103,6 +104,14 @@ def undo_choices(history: pd.DataFrame) -> dict[int, str]:
         f"{pd.Timestamp(r['loaded at']):%Y-%m-%d %H:%M})"
         for _, r in active.iterrows()
     }
+
+
+def why(exc: Exception) -> str:
+    """Our own refusals say what is wrong in their own words; anything else is explained, not quoted."""
+    if isinstance(exc, ingest.UndoError):
+        return str(exc).capitalize() + "."
+    logging.getLogger("kapui").error("operation failed", exc_info=exc)
+    return db.explain(exc)
 
 
 def undo(path: str, batch_id: int) -> str:
@@ -238,7 +247,8 @@ def validate_uploads(files: Sequence[Upload], path: str) -> Validation:
         # the report and the counts say exactly what either kind of commit would do.
         validation.result = ingest.load_files(validation.sources, path, on_error="quarantine", dry_run=True)
     except Exception as exc:  # shown on the page; a dry run never changes the database
-        validation.failure = str(exc)
+        logging.getLogger("kapui").exception("dry run failed")
+        validation.failure = db.explain(exc, path)
     st.session_state[_VALIDATION] = validation
     return validation
 
@@ -346,7 +356,8 @@ def commit(v: Validation, path: str, *, quarantine: bool, progress: Callable[[fl
             report=report_frame(exc.result),
         )
     except Exception as exc:  # load_files rolled back: nothing of this load is in the database
-        outcome = Outcome(False, f"Import failed: the database is unchanged. {exc}")
+        logging.getLogger("kapui").exception("import failed")
+        outcome = Outcome(False, f"Import failed: the database is unchanged. {db.explain(exc, path)}")
     else:
         progress(0.8, "Refreshing every page…")
         clear_caches()

@@ -17,9 +17,9 @@ st.caption(
 
 outcome = data.last_outcome()
 if outcome is not None:
-    (st.success if outcome.ok else st.error)(outcome.message)
+    (st.success if outcome.ok else st.error)(outcome.message)  # our words and counts only
     for line in outcome.lines:
-        st.markdown(f"- {line}")
+        st.text(f"• {line}")
     for name, content in outcome.rejects:
         st.download_button(f"Download quarantined rows: {name}", content, file_name=name, mime="text/csv")
     if outcome.report is not None:
@@ -41,7 +41,7 @@ st.caption(
 if files:
     v = data.validate_uploads(files, path)
     if v.failure:
-        st.error(f"The files could not be checked: {v.failure}")
+        st.error(f"The files could not be checked: {v.failure}")  # db.explain: our words only
         st.stop()
     counts = data.counts_frame(v)
     st.subheader("What the files hold")
@@ -57,11 +57,11 @@ if files:
     st.dataframe(counts, hide_index=True, width="stretch")
 
     for src, taken in zip(v.sources, counts["taken as"], strict=False):
-        with st.expander(f"Preview: {src.name} (taken as {taken})"):
+        with st.expander(f"Preview: {kapui.md_escape(src.name)} (taken as {taken})"):
             try:
                 st.dataframe(data.preview_frame(src), width="stretch")
-            except Exception as exc:  # the report says why the file cannot be read
-                st.caption(f"No preview: {exc}")
+            except Exception:  # the report says, in words, why the file cannot be read
+                st.caption("No preview: the file cannot be read as a table (the validation report says why).")
 
     report = data.report_frame(v.result)
     st.subheader("Validation report")
@@ -85,7 +85,9 @@ if files:
     quarantine = False
     if v.refused:
         st.warning(
-            "Refused as a whole: " + ", ".join(v.refused) + ". Fix these files and upload them again; "
+            "Refused as a whole: "
+            + kapui.md_escape(", ".join(v.refused))
+            + ". Fix these files and upload them again; "
             "nothing can be loaded until then."
         )
     elif v.can_quarantine:
@@ -132,8 +134,11 @@ else:
                 try:
                     st.session_state["undo_message"] = (True, data.undo(path, int(batch)))
                 except Exception as exc:  # an undo that fails has changed nothing (one transaction)
-                    st.session_state["undo_message"] = (False, f"Undo failed; nothing changed: {exc}")
+                    st.session_state["undo_message"] = (
+                        False,
+                        f"Undo failed; nothing changed. {data.why(exc)}",
+                    )
                 st.rerun()
 if "undo_message" in st.session_state:
     ok, text = st.session_state.pop("undo_message")
-    (st.success if ok else st.error)(text)
+    (st.success if ok else st.error)(text)  # our words and counts only

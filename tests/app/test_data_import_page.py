@@ -135,7 +135,8 @@ def test_clean_upload_shows_counts_and_kind_and_leaves_the_database_unchanged(ow
             "info",
         ]
     ]
-    assert any(e.label.startswith("Preview: new_scores.csv (taken as scores)") for e in at.expander)
+    # File names are escaped for Markdown (shown as typed, never rendered)
+    assert any(e.label.startswith("Preview: new\\_scores\\.csv (taken as scores)") for e in at.expander)
     assert not at.button(key="import_commit").disabled
     assert snapshot(own_db) == before
 
@@ -158,8 +159,8 @@ def test_commit_loads_the_rows_and_every_page_shows_them_at_once(own_db: Path) -
     at.button(key="import_commit").click().run()
     assert not at.exception, at.exception
     assert at.success[0].value == "Loaded 3 rows as batch 4."
-    assert [m.value for m in at.markdown if "new_scores.csv" in m.value] == [
-        "- new_scores.csv: taken as scores; 4 rows read, 3 loaded, 1 already present, 0 quarantined, "
+    assert [t.value for t in at.text if "new_scores.csv" in t.value] == [
+        "• new_scores.csv: taken as scores; 4 rows read, 3 loaded, 1 already present, 0 quarantined, "
         "1 new patients with unknown attributes (batch 4)."
     ]
     assert counts(own_db) == {
@@ -196,7 +197,7 @@ def test_file_with_an_identifier_column_is_refused_and_cannot_be_quarantined(own
     before = snapshot(own_db)
     bad = "patient_id,first_name,clinic\nP9,Alex,North\n"
     at = upload(import_page(), ("ids.csv", bad), ("new_scores.csv", GOOD_SCORES))
-    assert any(w.value.startswith("Refused as a whole: ids.csv.") for w in at.warning)
+    assert any(w.value.startswith("Refused as a whole: ids\\.csv.") for w in at.warning)
     assert not [c for c in at.checkbox if c.label.startswith("Load the valid rows")]
     assert at.button(key="import_commit").disabled
     statuses = dict(frame_with(at, "taken as")[["file", "status"]].values.tolist())
@@ -226,7 +227,11 @@ def test_failure_during_commit_leaves_the_database_as_it_was(own_db: Path, monke
     monkeypatch.setattr(ingest.db, "bump_data_version", broken)
     at.button(key="import_commit").click().run()
     assert not at.exception, at.exception
-    assert at.error[0].value == "Import failed: the database is unchanged. power cut"
+    # In words, never the error's own text (it can hold engine messages and paths).
+    assert at.error[0].value == (
+        "Import failed: the database is unchanged. Something went wrong; the details are in the server's "
+        "log. Reload the page to try again."
+    )
     assert snapshot(own_db) == before
 
 
