@@ -85,6 +85,18 @@ REQUIRED: dict[Kind, tuple[str, ...]] = {
 }
 ITEM_COLUMN_RE = re.compile(r"^item_?(\d{1,3})$")
 
+#: Missing item answers, PHQ-9 and GAD-7 (the NHS Data Dictionary / NHS Talking Therapies rule; the same
+#: rule in Arrieta J, et al. J Clin Psychol 2017, doi:10.1002/jclp.22390: at most two missing answers,
+#: each replaced by the mean of the answered items): with at most this many items unanswered, the total
+#: is the mean of the answered items times the number of items, rounded to the nearest whole number.
+#: Halves round up: the sources searched do not quote the NHS wording on rounding, so halves-up is our
+#: reading (README, "Missing item answers"). The score is stored with ``prorated = true`` and NULL in the
+#: unanswered positions of ``items``, so a missing PHQ-9 item 9 leaves the safety flag unknown (item 9 is
+#: never prorated). PCL-5: the National Center for PTSD's PCL-5 guidance gives no prorating rule, so an
+#: incomplete PCL-5 item set is refused; a total alone is accepted as always.
+PRORATED_SCALES: tuple[str, ...] = ("PHQ-9", "GAD-7")
+PRORATE_MAX_MISSING = 2
+
 #: Column names that look like direct identifiers. The data must arrive anonymized.
 IDENTIFIER_PATTERNS: tuple[tuple[str, str], ...] = (
     (r"^(first|last|given|family|full|middle|sur|patient|client|person|maiden)_?name$|^name$", "a name"),
@@ -152,6 +164,7 @@ class FileResult:
     rows_loaded: int = 0
     rows_already_present: int = 0
     rows_rejected: int = 0
+    rows_prorated: int = 0  # rows whose total was prorated from 1-2 missing item answers
     new_patients: int = 0
     batch_id: int | None = None
     identical_to_batch: int | None = None
@@ -168,6 +181,8 @@ class FileResult:
             f"{self.file}: {self.kind}, {self.rows_read} rows read, {self.rows_loaded} loaded, "
             f"{self.rows_already_present} already present, {self.rows_rejected} rejected"
         )
+        if self.rows_prorated:
+            text += f", {self.rows_prorated} with a prorated total"
         if self.new_patients:
             text += f", {self.new_patients} new patients with unknown attributes"
         if self.batch_id is not None:
@@ -744,8 +759,21 @@ class Loader:
                 f"(CASE WHEN {n} <= n_items THEN coalesce(item_{n}__n, 0) ELSE 0 END)" for n in items
             )
             item_totals = f", {given} AS items_given, {item_sum} AS item_sum"
+            # prorate_ok: 1 to PRORATE_MAX_MISSING answers missing on a scale with a prorating rule;
+            # prorated_total: round(mean of the answered items x n_items), halves up (exact in DOUBLE:
+            # the operands are small whole numbers, and a half is representable).
+            prorate = (
+                f"SELECT *, coalesce(instrument__v IN {_in_list(PRORATED_SCALES)} "
+                f"AND items_given < n_items AND items_given >= n_items - {PRORATE_MAX_MISSING} "
+                "AND items_given > 0, false) AS prorate_ok, "
+                "CASE WHEN items_given > 0 THEN floor(item_sum * n_items / items_given + 0.5) END "
+                "AS prorated_total FROM ("
+            )
+            prorate_end = ")"
+        else:
+            prorate, prorate_end = "", ""
         self.con.execute(
-            f"""CREATE TEMP TABLE {st.table} AS
+            f"""CREATE TEMP TABLE {st.table} AS {prorate}
             SELECT *, CAST(assessed_on__ts AS DATE) AS assessed_on__d {item_totals}
             FROM (
                 SELECT s.*, true AS ok, k.code AS instrument__v, k.n AS n_items, k.lo AS item_lo,
@@ -755,7 +783,7 @@ class Loader:
                        {_alias_case("phase", PHASE_ALIASES)} AS phase__v
                        {item_parsed}
                 FROM (SELECT *{item_float} FROM (SELECT {self._select_text(st, cols)} FROM {st.raw})) s
-                LEFT JOIN inst_keys k ON k.spelling = s.instrument)"""
+                LEFT JOIN inst_keys k ON k.spelling = s.instrument){prorate_end}"""
         )
         known = ", ".join(i.code for i in reg.INSTRUMENTS)
         checks = _common_checks() + [
@@ -797,18 +825,32 @@ class Loader:
             ]
         if items:
             present = set(items)
-            whens = []
-            for n in range(1, reg.MAX_ITEMS + 1):
-                answer = f"item_{n}" if n in present else "NULL"
-                whens.append(f"WHEN {n} <= n_items AND {answer} IS NULL THEN 'item_{n}'")
-            first_missing = " ".join(whens)
+            answer = {n: f"item_{n}" if n in present else "NULL" for n in range(1, reg.MAX_ITEMS + 1)}
+            missing_list = (
+                "concat_ws(', ', "
+                + ", ".join(
+                    f"CASE WHEN {n} <= n_items AND {answer[n]} IS NULL THEN 'item_{n}' END" for n in answer
+                )
+                + ")"
+            )
+            incomplete = "items_given > 0 AND items_given < n_items"
+            proratable = f"instrument__v IN {_in_list(PRORATED_SCALES)}"
             checks += [
                 Check(
                     "items",
-                    "items_given > 0 AND items_given < n_items",
-                    "'incomplete item answers: ' || items_given || ' of ' || n_items || ' ' || instrument__v "
-                    "|| ' items given; give all of them or none (first missing: ' || "
-                    f"(CASE {first_missing} END) || ')'",
+                    f"{incomplete} AND NOT {proratable}",
+                    "instrument__v || ' totals are not prorated: give all ' || n_items || "
+                    "' items or only a total (' || items_given || ' of ' || n_items || "
+                    f"' items given; missing: ' || {missing_list} || ')'",
+                    value="items_given",
+                ),
+                Check(
+                    "items",
+                    f"{incomplete} AND {proratable} AND items_given < n_items - {PRORATE_MAX_MISSING}",
+                    "'too many missing item answers: ' || (n_items - items_given) || ' of ' || n_items "
+                    "|| ' ' || instrument__v || ' items missing (' || "
+                    f"{missing_list} || '); a total is prorated only when at most {PRORATE_MAX_MISSING} are "
+                    "missing (NHS Data Dictionary rule): give the missing answers, or only a total'",
                     value="items_given",
                 ),
                 Check(
@@ -817,6 +859,15 @@ class Loader:
                     "'total ' || total || ' is not the sum of the items (' || "
                     "coalesce(CAST(try_cast(item_sum AS BIGINT) AS VARCHAR), CAST(item_sum AS VARCHAR)) "
                     "|| ')'",
+                ),
+                Check(
+                    "total",
+                    "prorate_ok AND total__n IS NOT NULL AND total__n <> prorated_total",
+                    "'total ' || total || ' is not the prorated total of the items (' || "
+                    "coalesce(CAST(try_cast(prorated_total AS BIGINT) AS VARCHAR), "
+                    "CAST(prorated_total AS VARCHAR)) || ': the mean of the ' || items_given || "
+                    "' answered items times ' || n_items || ', rounded; missing: ' || "
+                    f"{missing_list} || ')'",
                 ),
                 Check(
                     "total",
@@ -829,24 +880,63 @@ class Loader:
         self._run_checks(st, checks)
         self._mark_bad(st)
         if items:
-            item_list = "[" + ", ".join(f"try_cast(item_{n}__n AS SMALLINT)" for n in items) + "]"
-            total_expr = "coalesce(total__n, item_sum)"
-            items_expr = f"CASE WHEN items_given = n_items THEN list_slice({item_list}, 1, n_items) END"
+            # Every position up to the longest scale, NULL where the file has no such column, so a prorated
+            # row keeps each answer at its item number (and NULL where it was not answered).
+            item_list = (
+                "["
+                + ", ".join(
+                    f"try_cast(item_{n}__n AS SMALLINT)" if n in items else "CAST(NULL AS SMALLINT)"
+                    for n in range(1, reg.MAX_ITEMS + 1)
+                )
+                + "]"
+            )
+            total_expr = "CASE WHEN prorate_ok THEN prorated_total ELSE coalesce(total__n, item_sum) END"
+            items_expr = (
+                f"CASE WHEN items_given = n_items OR prorate_ok THEN list_slice({item_list}, 1, n_items) END"
+            )
+            prorated_expr = "prorate_ok"
         else:
             total_expr = "total__n"
             items_expr = "CAST(NULL AS SMALLINT[])"
+            prorated_expr = "false"
         self.con.execute(
             f"""CREATE OR REPLACE TEMP TABLE {st.table}_clean AS
             SELECT row_no, ok, patient_id, instrument__v AS instrument, assessed_on__d AS assessed_on,
                    assessed_on__ts AS assessed_at, try_cast({total_expr} AS SMALLINT) AS total,
-                   {items_expr} AS items, phase__v AS phase
+                   {items_expr} AS items, phase__v AS phase, {prorated_expr} AS prorated
             FROM {st.table}"""
         )
         st.clean_ready = True
         keys = ["patient_id", "instrument", "assessed_at"]
         what = "score for the same patient, instrument and time"
-        self._key_conflicts(st, keys, ["total", "items", "phase"], "assessed_on", what, None)
-        self._key_conflicts(st, keys, ["total", "items", "phase"], "assessed_on", what, "scores")
+        # IS DISTINCT FROM on items: NULL answers at the same positions are equal (a re-import is a no-op).
+        values = ["total", "items", "phase", "prorated"]
+        self._key_conflicts(st, keys, values, "assessed_on", what, None)
+        self._key_conflicts(st, keys, values, "assessed_on", what, "scores")
+        if items:
+            self._report_prorated(st)
+
+    def _report_prorated(self, st: _Staged) -> None:
+        """One info line per file: how many good rows had their total prorated, and which."""
+        rows = self.con.execute(
+            f"SELECT row_no FROM {st.table}_clean WHERE ok AND prorated ORDER BY row_no"
+        ).fetchall()
+        st.result.rows_prorated = len(rows)
+        if not rows:
+            return
+        shown = ", ".join(str(r[0]) for r in rows[:20])
+        more = f" and {len(rows) - 20} more" if len(rows) > 20 else ""
+        self._problem(
+            st.src,
+            f"{len(rows)} row(s) with 1-{PRORATE_MAX_MISSING} missing item answers: the total is prorated "
+            "(the mean of the answered items times the number of items, rounded to the nearest whole "
+            "number; NHS Data Dictionary rule for PHQ-9 and GAD-7) and marked prorated; a missing PHQ-9 "
+            f"item 9 leaves the safety flag unknown. Rows {shown}{more}",
+            row=None,
+            column="items",
+            value=None,
+            severity="info",
+        )
 
     def _key_conflicts(
         self, st: _Staged, keys: list[str], values: list[str], column: str, what: str, table: str | None
@@ -970,7 +1060,8 @@ class Loader:
             else:
                 sql = """INSERT INTO scores (patient_id, instrument, assessed_on, assessed_at, total, items,
                        phase, batch_id, prorated)
-                       SELECT patient_id, instrument, assessed_on, assessed_at, total, items, phase, ?, false
+                       SELECT patient_id, instrument, assessed_on, assessed_at, total, items, phase, ?,
+                              prorated
                        FROM new_rows"""
             inserted = self.con.execute(sql, [batch_id]).fetchone()
             loaded = int(inserted[0]) if inserted else 0

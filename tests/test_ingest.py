@@ -278,16 +278,120 @@ def test_total_equal_to_the_sum_of_items_is_accepted(tmp_path, base_db):
     assert query(base_db, "SELECT total, items FROM scores WHERE patient_id = 'P1'") == [(11, [1] * 8 + [3])]
 
 
-def test_incomplete_items_are_rejected(tmp_path, base_db):
+def items_header(n_items: int, total: bool = True) -> str:
+    return (SCORES_HEADER if total else "patient_id,instrument,assessed_on") + "".join(
+        f",item_{n}" for n in range(1, n_items + 1)
+    )
+
+
+def test_phq9_with_item_9_missing_is_prorated_and_the_safety_flag_stays_unknown(tmp_path, base_db):
+    """Items 1-8 sum to 14: total = 14 / 8 x 9 = 15.75, rounded to 16; item 9 is never prorated."""
     f = scores_file(
         tmp_path,
-        [("P1", "PHQ-9", "2025-01-05", None, 1, 1, 1, None, 1, 1, 1, 1, 1)],
+        [("B1", "PHQ-9", "2025-02-25", None, 2, 2, 2, 2, 2, 2, 1, 1, None)],
+        header=phq9_items_header(),
+    )
+    result = load(base_db, f)
+    assert result.committed and result.errors == []
+    assert query(
+        base_db, "SELECT total, items, prorated FROM scores WHERE assessed_on = DATE '2025-02-25'"
+    ) == [(16, [2, 2, 2, 2, 2, 2, 1, 1, None], True)]
+    assert query(
+        base_db, "SELECT safety_flag, prorated FROM scores_phased WHERE assessed_on = DATE '2025-02-25'"
+    ) == [(None, True)]
+    # The earlier scores keep prorated = false.
+    assert query(base_db, "SELECT count(*) FROM scores WHERE NOT prorated") == [(2,)]
+    info = [p for p in result.problems if p.severity == "info" and p.column == "items"]
+    assert len(info) == 1 and info[0].file == "scores.csv" and info[0].row is None
+    assert info[0].reason.startswith("1 row(s) with 1-2 missing item answers: the total is prorated")
+    assert info[0].reason.endswith("Rows 2")
+    assert result.files[0].rows_prorated == 1
+    assert ", 1 with a prorated total" in result.files[0].summary()
+
+
+def test_gad7_with_one_item_missing_is_prorated(tmp_path, db_file):
+    """Six answers sum to 3: 3 / 6 x 7 = 3.5, a half, rounds up to 4; the total given agrees."""
+    f = scores_file(
+        tmp_path, [("P1", "GAD-7", "2025-01-05", 4, 1, 1, 1, 0, 0, None, 0)], header=items_header(7)
+    )
+    load(db_file, f)
+    assert query(db_file, "SELECT total, items, prorated FROM scores") == [
+        (4, [1, 1, 1, 0, 0, None, 0], True)
+    ]
+    assert query(db_file, "SELECT safety_flag FROM scores_phased") == [(False,)]  # GAD-7 has no safety item
+
+
+def test_phq9_with_two_items_missing_and_no_item_columns_beyond_8_is_prorated(tmp_path, db_file):
+    """A file without an item_9 column: item 9 counts as missing. Items 1-7 sum to 7: 7 / 7 x 9 = 9."""
+    f = scores_file(
+        tmp_path,
+        [("P1", "PHQ-9", "2025-01-05", 1, 1, 1, 1, 1, 1, 1, None)],
+        header=items_header(8, total=False),
+    )
+    load(db_file, f)
+    assert query(db_file, "SELECT total, items, prorated FROM scores") == [
+        (9, [1, 1, 1, 1, 1, 1, 1, None, None], True)
+    ]
+
+
+def test_total_that_differs_from_the_prorated_total_is_rejected(tmp_path, base_db):
+    f = scores_file(
+        tmp_path,
+        [("B1", "PHQ-9", "2025-02-25", 14, 2, 2, 2, 2, 2, 2, 1, 1, None)],
         header=phq9_items_header(),
     )
     problem = only_error(rejected(base_db, f))
-    assert (problem.row, problem.column) == (2, "items")
-    assert "8 of 9 PHQ-9 items given" in problem.reason
-    assert "first missing: item_4" in problem.reason
+    assert str(problem) == (
+        "scores.csv, row 2, column total: value '14': total 14 is not the prorated total of the items "
+        "(16: the mean of the 8 answered items times 9, rounded; missing: item_9)"
+    )
+
+
+def test_three_missing_phq9_items_are_rejected_with_the_rule(tmp_path, base_db):
+    f = scores_file(
+        tmp_path,
+        [
+            ("B1", "PHQ-9", "2025-02-25", None, 1, 1, 1, None, 1, 1, None, 1, None),
+            ("B1", "PHQ-9", "2025-02-26", 12, 1, 1, 1, None, 1, 1, None, 1, None),  # a total does not help
+        ],
+        header=phq9_items_header(),
+    )
+    result = rejected(base_db, f)
+    expected = (
+        "column items: value '6': too many missing item answers: 3 of 9 PHQ-9 items missing "
+        "(item_4, item_7, item_9); a total is prorated only when at most 2 are missing "
+        "(NHS Data Dictionary rule): give the missing answers, or only a total"
+    )
+    assert errors_text(result) == [f"scores.csv, row 2, {expected}", f"scores.csv, row 3, {expected}"]
+
+
+def test_incomplete_pcl5_items_are_refused_not_prorated(tmp_path, base_db):
+    values = [2] * 20
+    values[3] = None
+    f = scores_file(tmp_path, [("B1", "PCL-5", "2025-02-25", *values)], header=items_header(20, total=False))
+    problem = only_error(rejected(base_db, f))
+    assert str(problem) == (
+        "scores.csv, row 2, column items: value '19': PCL-5 totals are not prorated: give all 20 items "
+        "or only a total (19 of 20 items given; missing: item_4)"
+    )
+
+
+def test_reimporting_a_prorated_row_is_a_no_op_and_a_different_answer_conflicts(tmp_path, base_db):
+    rows = [("B1", "PHQ-9", "2025-02-25", None, 2, 2, 2, 2, 2, 2, 1, 1, None)]
+    load(base_db, scores_file(tmp_path, rows, header=phq9_items_header()))
+    before = snapshot(base_db)
+    # The same row in another file (another sha256): already present, nothing changes.
+    again = scores_file(
+        tmp_path, rows + [("B1", "PHQ-9", "2025-02-20", 18, *[None] * 9)], "again.csv", phq9_items_header()
+    )
+    res = load(base_db, again)
+    assert (res.files[0].rows_loaded, res.files[0].rows_already_present) == (0, 2)
+    assert snapshot(base_db)["scores"] == before["scores"]
+    # The same key with item 9 answered is a different score: a conflict, not a silent replace.
+    answered = [("B1", "PHQ-9", "2025-02-25", None, 2, 2, 2, 2, 2, 2, 1, 1, 2)]
+    problem = only_error(rejected(base_db, scores_file(tmp_path, answered, "other.csv", phq9_items_header())))
+    assert (problem.row, problem.column) == (2, "assessed_on")
+    assert "is already in the database (batch 4) with different values" in problem.reason
 
 
 def test_items_beyond_the_instrument_must_be_empty(tmp_path, base_db):
