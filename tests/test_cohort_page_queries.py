@@ -590,3 +590,28 @@ def test_report_on_an_empty_database_has_no_rows_and_no_errors(tmp_path):
     assert empty.as_of is None and empty.tiles()["enrolled"] == 0
     assert cohort.phase_table(empty, "itt").empty and cohort.headline(empty, "itt").empty
     assert empty.weekly.empty and empty.side_effects.empty
+
+
+def test_a_clinic_name_with_markup_is_shown_as_text_in_the_charts() -> None:
+    from kapdata.charts import cohort as figs
+
+    name = '<a href="https://evil.example">North</a>'
+    groups = pd.DataFrame(
+        {
+            "instrument": ["PHQ-9"],
+            "group": [name],
+            "n": [12],
+            "small": [False],
+            **{f"{r}{s}": [0.5 if s == "" else 6] for r in ("response", "remission") for s in ("", "_k")},
+            **{f"{r}_n": [12] for r in ("response", "remission")},
+            **{
+                f"{r}_{b}": [0.3 if b == "low" else 0.7]
+                for r in ("response", "remission")
+                for b in ("low", "high")
+            },
+            **{f"{r}_small": [False] for r in ("response", "remission")},
+        }
+    )
+    fig = figs.breakdown(groups, scales=["PHQ-9"], group_label="Clinic", endpoint_label="Latest")
+    shown = [y for trace in fig.data for y in (trace.y or [])]
+    assert shown and all(y == '&lt;a href="https://evil.example"&gt;North&lt;/a&gt;' for y in shown)

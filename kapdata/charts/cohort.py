@@ -19,6 +19,7 @@ from kapdata.charts.common import (
     PHASE_COLORS,
     SEVERITY_COLORS,
     base_layout,
+    plain,
     severity_colors,
 )
 
@@ -131,6 +132,7 @@ def trajectory(
     title = "Mean score by phase" if by == "phase" else "Mean score by week since the first dose"
     if frame.empty:
         return _empty(title, "No scores for this cohort.")
+    frame = frame.assign(grp=frame["grp"].map(plain))  # names from the data are shown as text
     grouped = frame[frame["dimension"] != "all"]
     lines = grouped if not grouped.empty else frame[frame["dimension"] == "all"]
     groups = list(dict.fromkeys(lines["grp"]))
@@ -344,6 +346,7 @@ def breakdown(
     title = f"Response and remission at {endpoint_label.lower()} by {group_label.lower()}"
     if frame.empty:
         return _empty(title, "No groups to compare.")
+    frame = frame.assign(group=frame["group"].map(plain))  # names from the data are shown as text
     groups = sorted(set(frame["group"]), key=str)
     fig = make_subplots(
         rows=1,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+
 import pandas as pd
 import plotly.graph_objects as go
 
@@ -27,6 +29,12 @@ def severity_colors(n: int) -> list[str]:
 
 
 FONT = "Source Sans Pro, Arial, sans-serif"
+
+
+def plain(text: object) -> str:
+    """A name from the data (clinic, provider…) for a Plotly label: Plotly reads ``<a href>``, ``<b>`` and
+    friends in any text, so ``<`` and ``&`` are escaped and the name shows as the characters it is."""
+    return html.escape(str(text), quote=False)
 
 
 def base_layout(fig: go.Figure, *, height: int = 360, title: str | None = None) -> go.Figure:
