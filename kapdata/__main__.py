@@ -7,6 +7,8 @@ Exit codes: 0 success; 2 a rejected import or bad usage (the report is on stderr
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import getpass
 import json
 import sys
 from collections.abc import Sequence
@@ -82,6 +84,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--reset", action="store_true", help="put every setting back to its default")
     p.add_argument("--json", action="store_true", help="show the settings as JSON")
+
+    p = sub.add_parser("caseload", help="the clinician's caseload, one row per patient in caseload order")
+    _db_arg(p)
+    p.add_argument("--as-of", metavar="YYYY-MM-DD", help="the day the caseload is for (default: today)")
+    p.add_argument("--out", required=True, metavar="FILE.csv", help="CSV file to write")
+
+    p = sub.add_parser("acknowledge", help="acknowledge a patient's safety or deterioration flag")
+    p.add_argument("patient_id", metavar="PATIENT_ID")
+    p.add_argument("--flag", choices=("safety", "deterioration"), required=True)
+    p.add_argument("--note", help="what was done (no names or contact details)")
+    p.add_argument("--as-of", metavar="YYYY-MM-DD", help="the day the flag is read for (default: today)")
+    _db_arg(p)
+
+    p = sub.add_parser("discharge", help="mark a patient discharged (or re-admit with --undo)")
+    p.add_argument("patient_id", metavar="PATIENT_ID")
+    p.add_argument("--note", help="why (no names or contact details)")
+    p.add_argument("--undo", action="store_true", help="re-admit: back on the caseload")
+    _db_arg(p)
 
     p = sub.add_parser("init", help="create the database and, if it is empty, load sample_data/")
     _db_arg(p)
@@ -234,6 +254,64 @@ def cmd_settings(a: argparse.Namespace) -> int:
     return 0
 
 
+def _as_of(text: str | None) -> dt.date | None:
+    if not text:
+        return None
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise CliError(f"--as-of {text!r}: give a date as YYYY-MM-DD", 2) from None
+
+
+def _staff() -> str:
+    """Who is recording (no sign-in yet): the operating-system user."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError) as exc:
+        raise CliError("cannot tell who you are (no operating-system user name)", 2) from exc
+
+
+def cmd_caseload(a: argparse.Namespace) -> int:
+    from kapdata import caseload
+
+    as_of = _as_of(a.as_of)
+    with db.reader(a.db) as con:
+        n = caseload.write_caseload_csv(con, a.out, as_of)
+    print(f"{a.out}: {n} rows")
+    return 0
+
+
+def cmd_acknowledge(a: argparse.Namespace) -> int:
+    from kapdata import caseload
+
+    as_of = _as_of(a.as_of)
+    try:
+        ack = caseload.acknowledge(a.db, a.patient_id, a.flag, _staff(), a.note, today=as_of)
+    except caseload.CaseloadError as exc:
+        raise CliError(str(exc), 2) from exc
+    print(
+        f"{ack.patient_id}: {caseload.FLAG_LABELS[ack.flag]} flag of {ack.flag_on:%Y-%m-%d} acknowledged "
+        f"by {ack.acknowledged_by} at {ack.acknowledged_at:%Y-%m-%d %H:%M}"
+    )
+    return 0
+
+
+def cmd_discharge(a: argparse.Namespace) -> int:
+    from kapdata import caseload
+
+    try:
+        if a.undo:
+            done = caseload.readmit(a.db, a.patient_id)
+            print(f"{a.patient_id}: re-admitted" if done else f"{a.patient_id}: was not discharged")
+        else:
+            who = _staff()
+            caseload.discharge(a.db, a.patient_id, who, a.note)
+            print(f"{a.patient_id}: discharged by {who}")
+    except caseload.CaseloadError as exc:
+        raise CliError(str(exc), 2) from exc
+    return 0
+
+
 def cmd_init(a: argparse.Namespace) -> int:
     from kapdata import bootstrap
 
@@ -251,6 +329,9 @@ COMMANDS = {
     "sample": cmd_sample,
     "settings": cmd_settings,
     "init": cmd_init,
+    "caseload": cmd_caseload,
+    "acknowledge": cmd_acknowledge,
+    "discharge": cmd_discharge,
 }
 
 

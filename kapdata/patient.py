@@ -13,9 +13,13 @@ injectable for tests):
 - **Days in phase**: since the first questionnaire (preparation), the first session (dosing), the last
   session (integration), the end of the integration window (follow-up).
 - **Flags**, in order of attention: safety (the view's safety flag at the latest questionnaire of a scale
-  with safety items: PHQ-9 item 9 > 0), reliable deterioration at the latest score on any scale, overdue (in
-  dosing or integration and no questionnaire for more than ``overdue_days``), no baseline (dosed without any
-  preparation questionnaire). Then the rest. Within each group the most recently assessed come first.
+  with safety items *that answered them*: PHQ-9 item 9 > 0; a PHQ-9 without an item-9 answer is unknown and
+  never clears the flag), reliable deterioration at the latest score on any scale, overdue (in dosing or
+  integration and no questionnaire for more than ``overdue_days``), no baseline (dosed without any
+  preparation questionnaire). Then the rest. Within each group an unacknowledged flag comes before an
+  acknowledged one (:mod:`kapdata.caseload`); within the safety group the highest item-9 answer first, then
+  the most recent flagging questionnaire; otherwise the most recently assessed first. Discharged patients
+  come after everyone else (the page hides them unless asked).
 
 Everything is one SQL query: for the whole caseload (fast at 50,000 patients), and for one patient (the
 patient view: every relation filtered on ``patient_id`` first, each view planned once).
@@ -30,14 +34,21 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from kapdata import cohort
+from kapdata import cohort, phases
 from kapdata import definitions as defs
 from kapdata import instruments as reg
 from kapdata.outcomes import BOOLEAN_COLUMNS
 from kapdata.settings import GENERAL_BY_KEY, THRESHOLDS, Settings, defaults
 
-#: A last session this recent means dosing is still under way.
-DOSING_ACTIVE_DAYS = 14
+#: A last session this recent means dosing is still under way (the phase rule's constant).
+DOSING_ACTIVE_DAYS = phases.DOSING_ACTIVE_DAYS
+
+#: Flags a clinician can acknowledge (``acknowledgements.flag``): both are raised by a score, so a newer score
+#: that raises the flag again (dated after the acknowledged ``flag_on``) un-acknowledges it.
+ACK_FLAGS: tuple[str, ...] = ("safety", "deterioration")
+
+#: How the safety item reads to the patient (PHQ-9 item 9), for the clinician's text.
+SAFETY_ITEM_WORDING = "thoughts that you would be better off dead, or of hurting yourself"
 
 #: Flag columns of the caseload, in order of attention (``priority`` 1..4; 5 = no flag).
 FLAGS: tuple[str, ...] = ("flag_safety", "flag_deterioration", "flag_overdue", "flag_no_baseline")
@@ -63,27 +74,42 @@ def _safety_answer(inst: reg.Instrument, items: str) -> str:
     return "greatest(" + ", ".join(f"{items}[{int(k)}]" for k in inst.safety_items) + ")"
 
 
-def _safety_answer_text(items: str, instrument: str) -> str:
-    """SQL: ``item 9 = 2`` for a score of a scale with safety items and item answers, else NULL."""
+def _safety_answer_text(items: str, instrument: str, flag: str) -> str:
+    """SQL: ``item 9 = 2`` for a score of a scale with safety items and item answers, ``item 9 not answered``
+    when the safety flag is unknown (a total only, or no answer at item 9), else NULL (no safety items)."""
     cases = " ".join(
-        f"WHEN '{i.code}' THEN '{_items_label(i)} = ' || {_safety_answer(i, items)}" for i in SAFETY_SCALES
+        f"WHEN '{i.code}' THEN CASE WHEN {flag} IS NULL THEN '{_items_label(i)} not answered' "
+        f"ELSE '{_items_label(i)} = ' || {_safety_answer(i, items)} END"
+        for i in SAFETY_SCALES
     )
     return f"CASE {instrument} {cases} END" if cases else "CAST(NULL AS VARCHAR)"
 
 
-def _safety_sql() -> tuple[str, str, str]:
-    """Per patient: the aggregates (the view's safety flag and the answer at each safety scale's latest
-    questionnaire), the flag, and its text ("PHQ-9 item 9 = 2")."""
-    aggs, flags, texts = [], [], []
+def _safety_sql() -> tuple[str, str, str, str, str]:
+    """Per patient: the aggregates (at each safety scale's latest questionnaire whose safety flag is *known*,
+    i.e. that answered the safety items: the view's flag, the answer and the date), the flag, its text
+    ("PHQ-9 item 9 = 2"), the answer that raised it and the date of that questionnaire. A later total
+    without item answers is unknown and never clears the flag."""
+    aggs, flags, texts, answers, dates = [], [], [], [], []
     for n, inst in enumerate(SAFETY_SCALES):
-        latest = f"FILTER (WHERE instrument = '{inst.code}')"
-        aggs.append(f"arg_max_null(safety_flag, assessed_at) {latest} AS safety_{n}")
-        aggs.append(f"arg_max_null({_safety_answer(inst, 'items')}, assessed_at) {latest} AS answer_{n}")
+        known = f"FILTER (WHERE instrument = '{inst.code}' AND safety_flag IS NOT NULL)"
+        aggs.append(f"arg_max(safety_flag, assessed_at) {known} AS safety_{n}")
+        aggs.append(f"arg_max({_safety_answer(inst, 'items')}, assessed_at) {known} AS answer_{n}")
+        aggs.append(f"arg_max(assessed_on, assessed_at) {known} AS known_on_{n}")
         flags.append(f"coalesce(safety_{n}, false)")
         texts.append(f"CASE WHEN safety_{n} THEN '{inst.code} {_items_label(inst)} = ' || answer_{n} END")
+        answers.append(f"CASE WHEN safety_{n} THEN answer_{n} END")
+        dates.append(f"CASE WHEN safety_{n} THEN known_on_{n} END")
     if not aggs:
-        return "", "false", "CAST(NULL AS VARCHAR)"
-    return ", " + ", ".join(aggs), " OR ".join(flags), f"nullif(concat_ws('; ', {', '.join(texts)}), '')"
+        null = "CAST(NULL AS VARCHAR)"
+        return "", "false", null, "CAST(NULL AS INTEGER)", "CAST(NULL AS DATE)"
+    return (
+        ", " + ", ".join(aggs),
+        " OR ".join(flags),
+        f"nullif(concat_ws('; ', {', '.join(texts)}), '')",
+        f"CAST(greatest({', '.join(answers)}) AS INTEGER)",
+        f"greatest({', '.join(dates)})",
+    )
 
 
 def caseness_name(inst: reg.Instrument) -> str:
@@ -136,13 +162,14 @@ scan AS (
     GROUP BY patient_id
 ),
 latest AS (
-    SELECT patient_id, instrument, coalesce(endpoint, baseline) AS latest, baseline, change,
-           reliable_deterioration
+    SELECT patient_id, instrument, coalesce(endpoint, baseline) AS latest,
+           coalesce(endpoint_on, baseline_on) AS latest_on, baseline, change, reliable_deterioration
     FROM {outcomes_source} WHERE phase = 'latest' AND {where_rows}
 ),
 per_patient AS (
     SELECT patient_id, bool_or(baseline IS NOT NULL) AS has_baseline,
            bool_or(reliable_deterioration) AS deterioration,
+           max(latest_on) FILTER (WHERE reliable_deterioration) AS deterioration_on,
            string_agg(instrument, ', ' ORDER BY list_position($codes, instrument))
                FILTER (WHERE reliable_deterioration) AS deteriorated_scales,
            {scale_columns}
@@ -150,15 +177,29 @@ per_patient AS (
 ),
 cur AS (
     SELECT pat.*, scan.first_score_on, scan.last_score_on, per_patient.* EXCLUDE (patient_id), cfg.*,
-           {safety_flag} AS flag_safety, {safety_detail} AS safety_detail,
+           {safety_flag} AS flag_safety, {safety_detail} AS safety_detail, {safety_item9} AS safety_item9,
+           {safety_on} AS safety_on,
            CASE WHEN pat.first_session IS NULL OR pat.first_session > $today THEN 'preparation'
                 WHEN $today - pat.last_session <= $dosing_days THEN 'dosing'
                 WHEN $today - pat.last_session <= cfg.window_days THEN 'integration'
                 ELSE 'follow-up' END AS phase
     FROM pat LEFT JOIN scan USING (patient_id) LEFT JOIN per_patient USING (patient_id) CROSS JOIN cfg
 ),
+-- The latest acknowledgement of a flag still standing: acknowledged for the flag's questionnaire or a later
+-- one (a newer score raising the flag again moves flag_on past it).
+acks AS (
+    SELECT a.patient_id, a.flag,
+           arg_max(struct_pack(who := a.acknowledged_by, stamp := a.acknowledged_at, note := a.note),
+                   a.acknowledged_at) AS ack
+    FROM acknowledgements a JOIN cur c ON c.patient_id = a.patient_id
+    WHERE (a.flag = 'safety' AND c.flag_safety AND a.flag_on >= c.safety_on)
+       OR (a.flag = 'deterioration' AND c.deterioration AND a.flag_on >= c.deterioration_on)
+    GROUP BY a.patient_id, a.flag
+),
 flagged AS (
-    SELECT *,
+    SELECT cur.*,
+           sa.ack AS safety_ack, da.ack AS deterioration_ack,
+           x.patient_id IS NOT NULL AS discharged, x.discharged_by, x.discharged_at, x.note AS discharge_note,
            CAST(CASE phase WHEN 'preparation' THEN $today - first_score_on
                            WHEN 'dosing' THEN $today - first_session
                            WHEN 'integration' THEN $today - last_session
@@ -169,21 +210,53 @@ flagged AS (
                AND (last_score_on IS NULL OR $today - last_score_on > overdue_days) AS flag_overdue,
            n_sessions > 0 AND NOT coalesce(has_baseline, false) AS flag_no_baseline
     FROM cur
+    LEFT JOIN acks sa ON sa.patient_id = cur.patient_id AND sa.flag = 'safety'
+    LEFT JOIN acks da ON da.patient_id = cur.patient_id AND da.flag = 'deterioration'
+    LEFT JOIN discharges x ON x.patient_id = cur.patient_id
+),
+ranked AS (
+    SELECT *,
+           CASE WHEN flag_safety THEN 1 WHEN flag_deterioration THEN 2 WHEN flag_overdue THEN 3
+                WHEN flag_no_baseline THEN 4 ELSE 5 END AS priority,
+           safety_ack IS NOT NULL AS safety_acknowledged,
+           deterioration_ack IS NOT NULL AS deterioration_acknowledged,
+           CASE WHEN flag_deterioration THEN deterioration_on END AS deterioration_flag_on
+    FROM flagged
+),
+acked AS (
+    SELECT *,
+           CASE priority WHEN 1 THEN safety_ack WHEN 2 THEN deterioration_ack END AS ack,
+           CASE WHEN priority = 1 AND safety_ack IS NOT NULL THEN 'safety'
+                WHEN priority = 2 AND deterioration_ack IS NOT NULL THEN 'deterioration' END AS ack_flag
+    FROM ranked
 )
 SELECT patient_id, clinic, provider, route, primary_condition, age_band, sex,
        phase, days_in_phase, n_sessions, first_session, last_session, first_score_on, last_score_on,
        days_since_score, {scale_keys},
        flag_safety, flag_deterioration, flag_overdue, flag_no_baseline, safety_detail, deteriorated_scales,
-       CASE WHEN flag_safety THEN 1 WHEN flag_deterioration THEN 2 WHEN flag_overdue THEN 3
-            WHEN flag_no_baseline THEN 4 ELSE 5 END AS priority,
+       safety_item9, safety_on, deterioration_flag_on AS deterioration_on, priority,
+       safety_acknowledged, deterioration_acknowledged, safety_ack, deterioration_ack,
+       ack IS NOT NULL AS acknowledged, ack_flag,
+       ack.who AS acknowledged_by, ack.stamp AS acknowledged_at, ack.note AS acknowledged_note,
+       discharged, discharged_by, discharged_at, discharge_note,
        concat_ws(' · ',
-           CASE WHEN flag_safety THEN '⚠ Safety: ' || safety_detail END,
-           CASE WHEN flag_deterioration THEN '▲ Reliable deterioration: ' || deteriorated_scales END,
+           CASE WHEN flag_safety THEN '⚠ Safety: ' || safety_detail
+                || CASE WHEN safety_acknowledged THEN ' (acknowledged by ' || safety_ack.who || ' '
+                        || strftime(safety_ack.stamp, '%Y-%m-%d') || ')' ELSE '' END END,
+           CASE WHEN flag_deterioration THEN '▲ Reliable deterioration: ' || deteriorated_scales
+                || CASE WHEN deterioration_acknowledged
+                        THEN ' (acknowledged by ' || deterioration_ack.who || ' '
+                             || strftime(deterioration_ack.stamp, '%Y-%m-%d') || ')' ELSE '' END END,
            CASE WHEN flag_overdue THEN 'Overdue: ' || coalesce(days_since_score || ' days since last score',
                                                                'no score yet') END,
-           CASE WHEN flag_no_baseline THEN 'No baseline' END) AS flags{extra_columns}
-FROM flagged
-ORDER BY priority, days_since_score NULLS LAST, patient_id
+           CASE WHEN flag_no_baseline THEN 'No baseline' END,
+           CASE WHEN discharged THEN 'Discharged ' || strftime(discharged_at, '%Y-%m-%d') END)
+           AS flags{extra_columns}
+FROM acked
+ORDER BY discharged, priority, acknowledged,
+         CASE WHEN priority = 1 THEN safety_item9 END DESC NULLS LAST,
+         CASE WHEN priority = 1 THEN safety_on END DESC NULLS LAST,
+         days_since_score NULLS LAST, patient_id
 """
 
 
@@ -221,6 +294,12 @@ OUTCOME_FIELDS: dict[str, str] = {
     "endpoint_on": "o.endpoint_on",
     "latest": "coalesce(o.endpoint, o.baseline)",
     "latest_on": "coalesce(o.endpoint_on, o.baseline_on)",
+    "baseline_prorated": "coalesce(o.baseline_prorated, false)",
+    "endpoint_prorated": "coalesce(o.endpoint_prorated, false)",
+    "latest_prorated": "coalesce(CASE WHEN o.endpoint IS NOT NULL THEN o.endpoint_prorated "
+    "ELSE o.baseline_prorated END, false)",
+    "baseline_clinical": "o.baseline_clinical",
+    "caseness": "i.caseness",
     "band": _band_sql("o.instrument", "coalesce(o.endpoint, o.baseline)", "i.caseness"),
     "change": "o.change",
     "pct_change": "o.pct_change",
@@ -237,14 +316,15 @@ SCORE_FIELDS: dict[str, str] = {
     "assessed_on": "s.assessed_on",
     "assessed_at": "s.assessed_at",
     "total": "s.total",
+    "prorated": "s.prorated",
     "items": "s.items",
     "phase": "s.phase",
     "phase_explicit": "s.phase_explicit",
     "day": "s.day",
     "band": _band_sql("s.instrument", "s.total", "s.caseness"),
     "clinical_range": "s.total >= s.caseness",
-    "safety": "coalesce(s.safety_flag, false)",
-    "safety_answer": _safety_answer_text("s.items", "s.instrument"),
+    "safety": "s.safety_flag",  # NULL: the safety item was not answered (unknown, not 0)
+    "safety_answer": _safety_answer_text("s.items", "s.instrument", "s.safety_flag"),
 } | _pcl5_fields()
 _BP_OVER = (
     "coalesce(x.bp_sys_{when} > (SELECT value FROM settings WHERE key = 'bp_sys_threshold') "
@@ -288,7 +368,7 @@ _ONE_PATIENT_EXTRA = f""",
 
 
 def _current_sql(where_patients: str, where_rows: str, *, one_patient: bool = False) -> str:
-    aggs, flag, detail = _safety_sql()
+    aggs, flag, detail, item9, flag_on = _safety_sql()
     return _CURRENT_SQL.format(
         where_patients=where_patients,
         where_rows=where_rows,
@@ -297,6 +377,8 @@ def _current_sql(where_patients: str, where_rows: str, *, one_patient: bool = Fa
         safety_aggs=aggs,
         safety_flag=flag,
         safety_detail=detail,
+        safety_item9=item9,
+        safety_on=flag_on,
         outcomes_cte=(
             f"patient_outcomes AS (SELECT * FROM outcomes WHERE {where_rows}),\n"
             f"patient_scores AS (SELECT * FROM scores_phased WHERE {where_rows}),\n"
@@ -315,6 +397,7 @@ _COHORT_SQL = _current_sql(
     f"patient_id IN ({cohort.COHORT_SQL})", "patient_id IN (SELECT patient_id FROM pat)"
 )
 _ONE_PATIENT_SQL = _current_sql("patient_id = $pid", "patient_id = $pid", one_patient=True)
+_ONE_STATUS_SQL = _current_sql("patient_id = $pid", "patient_id = $pid")
 
 
 def _today(today: dt.date | None) -> dt.date:
@@ -335,12 +418,25 @@ def caseload(
     con: duckdb.DuckDBPyConnection, filt: cohort.CohortFilter | None = None, today: dt.date | None = None
 ) -> pd.DataFrame:
     """One row per patient of the filter, ranked by need for attention: ``priority`` 1 safety, 2 reliable
-    deterioration, 3 overdue, 4 no baseline, 5 the rest; within each, the most recently assessed first
-    (patients without any questionnaire last). One query."""
+    deterioration, 3 overdue, 4 no baseline, 5 the rest. Within each group unacknowledged flags first; in
+    the safety group the highest ``safety_item9`` answer, then the latest ``safety_on``; otherwise the most
+    recently assessed first (patients without any questionnaire last). Discharged patients (``discharged``)
+    come after all the others, ranked the same way. One query."""
     filt_params = (filt or cohort.CohortFilter()).params()
     if not any(filt_params.values()):
         return con.execute(_EVERYONE_SQL, _params(today)).df()
     return con.execute(_COHORT_SQL, _params(today) | filt_params).df()
+
+
+def status(
+    con: duckdb.DuckDBPyConnection, patient_id: str, today: dt.date | None = None
+) -> dict[str, Any] | None:
+    """One patient's caseload row (flags, their dates, acknowledgements, discharge), None if unknown."""
+    cur = con.execute(_ONE_STATUS_SQL, _params(today) | {"pid": patient_id})
+    row = cur.fetchone()
+    if row is None:
+        return None
+    return dict(zip([d[0] for d in cur.description], row, strict=True))
 
 
 def patient_ids(con: duckdb.DuckDBPyConnection, filt: cohort.CohortFilter | None = None) -> list[str]:
@@ -352,12 +448,47 @@ def patient_ids(con: duckdb.DuckDBPyConnection, filt: cohort.CohortFilter | None
 # --- one patient -------------------------------------------------------------------------------------------
 
 
-def response_target(baseline: Any, response_pct: int) -> float | None:
-    """The score at or below which a baseline's reduction counts as a response (None without a baseline > 0);
-    the chart draws the ``outcomes`` view's rule as a line."""
+def response_target(baseline: Any, response_pct: int) -> int | None:
+    """The highest (integer) score that is a response for this baseline, None without a baseline > 0: the
+    largest integer e with (b − e) × 100 ≥ pct × b, the ``outcomes`` view's rule (baseline 19, 50% → 9)."""
     if baseline is None or _isna(baseline) or baseline <= 0:
         return None
-    return float(baseline) * (100 - response_pct) / 100
+    b = int(baseline)
+    return b * (100 - int(response_pct)) // 100
+
+
+#: Outcomes shown as badges, in order: (key, label).
+OUTCOME_LABELS: tuple[tuple[str, str], ...] = (
+    ("response", "Response"),
+    ("remission", "Remission"),
+    ("reliable_improvement", "Reliable improvement"),
+    ("reliable_deterioration", "Reliable deterioration"),
+    ("recovery", "Recovery"),
+    ("reliable_recovery", "Reliable recovery"),
+)
+MET, NOT_MET = "met", "not met"
+NO_BASELINE = "not defined: no baseline"
+BELOW_RANGE = "not defined: baseline below clinical range"
+NO_LATER_SCORE = "no outcome yet"
+
+
+def outcome_states(outcome: dict[str, Any]) -> dict[str, str]:
+    """Each outcome of an ``outcomes`` row as ``met``, ``not met`` or why it is not defined: no baseline;
+    a baseline below the clinical range (remission, recovery and reliable recovery need one in range, and
+    response a baseline above 0); or no score after the baseline yet. Never "not met" for an undefined one."""
+    states = {}
+    baseline, endpoint = outcome.get("baseline"), outcome.get("endpoint")
+    for key, _ in OUTCOME_LABELS:
+        value = outcome.get(key)
+        if baseline is None or _isna(baseline):
+            states[key] = NO_BASELINE
+        elif value is not None and not _isna(value):
+            states[key] = MET if value else NOT_MET
+        elif endpoint is None or _isna(endpoint):
+            states[key] = NO_LATER_SCORE
+        else:
+            states[key] = BELOW_RANGE
+    return states
 
 
 @dataclass(frozen=True)
@@ -460,6 +591,9 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "baseline_on",
     "latest",
     "latest_on",
+    "endpoint",
+    "baseline_prorated",
+    "latest_prorated",
     "band",
     "change",
     "pct_change",
@@ -481,6 +615,7 @@ ASSESSMENT_COLUMNS: tuple[str, ...] = (
     "assessed_on",
     "instrument",
     "total",
+    "prorated",
     "band",
     "clinical_range",
     "phase",
@@ -532,6 +667,20 @@ def explain(d: defs.Definition) -> str:
     return text
 
 
+def safety_help(settings: Settings) -> str:
+    """The safety flag's rule as the caseload applies it (the item as it reads, unknown answers)."""
+    d = {x.term: x for x in defs.flag_definitions(settings)}["Safety"]
+    items = "; ".join(f"{i.code} {_items_label(i)}" for i in SAFETY_SCALES)
+    return (
+        f"Safety: {items} (“{SAFETY_ITEM_WORDING}”) answered above 0 at the latest questionnaire that "
+        "answered it. A questionnaire without that answer (a total only) is unknown, not 0, and never clears "
+        "the flag; only a later answer of 0 does. The flag asks the clinician to complete a risk assessment. "
+        "Ranked first: the highest answer, then the most recent; an acknowledged flag after the "
+        "unacknowledged ones until a newer questionnaire raises it again."
+        + (f" Source: {d.source}" if d.source else "")
+    )
+
+
 def help_texts(settings: Settings) -> dict[str, str]:
     """Help text for every number and flag on the page, with the thresholds and settings in force. The
     clinical definitions are :mod:`kapdata.definitions`'; the caseload's own rules are stated here."""
@@ -570,7 +719,7 @@ def help_texts(settings: Settings) -> dict[str, str]:
         "reliable_recovery": explain(metric["Reliable recovery"]),
         "caseness": explain(metric["Clinical range (caseness)"]),
         "band": f"Severity band of the total. {bands}.",
-        "safety": explain(flag["Safety"]),
+        "safety": safety_help(settings),
         "deterioration": explain(flag["Reliable deterioration"]),
         "overdue": explain(flag["Overdue assessment"]),
         "bp": explain(flag["Blood pressure"]),
@@ -578,8 +727,21 @@ def help_texts(settings: Settings) -> dict[str, str]:
         "be computed.",
         "flags": (
             "Ranked by need for attention: safety first, then reliable deterioration, overdue, no baseline, "
-            "then the rest; within each, the most recently assessed first."
+            "then the rest. Within each group unacknowledged flags come first; safety by the item answer "
+            "(highest first), then the most recent; otherwise the most recently assessed first. Discharged "
+            "patients are hidden unless shown, and then come last."
         ),
+        "acknowledge": (
+            "Acknowledging records who saw the flag, when, and a note. The patient keeps the flag, marked "
+            "acknowledged, and ranks after the unacknowledged flags of the same kind; a newer questionnaire "
+            "that raises the flag again removes the acknowledgement."
+        ),
+        "discharge": (
+            "A discharged patient leaves the caseload (shown with “Show discharged”) and stays in every "
+            "outcome and export. Re-admitting undoes it."
+        ),
+        "prorated": "Prorated: the total was computed from the answered items (some items missing), scaled "
+        "to the full scale.",
         "dissociation": "Dissociation after the dose: CADSS-6 total, 0–24 (higher is more dissociation).",
         "dsm5": explain(defs.pcl5_diagnosis()),
     }

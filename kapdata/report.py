@@ -120,18 +120,49 @@ def _table(headings: Sequence[str], rows: Iterable[Sequence[tuple[str, str]]]) -
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def fmt_total(value: Any, prorated: Any) -> str:
+    """A total, marked ``prorated`` when it was computed from the answered items."""
+    text = fmt_number(value)
+    return f"{text} prorated" if not _missing(prorated) and bool(prorated) and text != "–" else text
+
+
+def fmt_outcome(state: str) -> str:
+    """``yes`` / ``no`` / ``not defined (baseline below clinical range)`` / ``–`` (no later score yet)."""
+    if state == pt.MET:
+        return "yes"
+    if state == pt.NOT_MET:
+        return "no"
+    if state == pt.NO_LATER_SCORE:
+        return "–"
+    return state.replace("not defined: ", "not defined (") + ")"
+
+
+def _ack_text(ack: Any) -> str:
+    if not ack:
+        return ""
+    note = f": {ack['note']}" if ack.get("note") else ""
+    return f" — acknowledged by {ack['who']} on {fmt_date(ack['stamp'])}{note}"
+
+
 def _flags_html(status: dict[str, Any]) -> str:
+    safety_on = fmt_date(status.get("safety_on"))
     parts = [
         (
             "flag_safety",
-            f"Safety: {status.get('safety_detail') or ''} (self-harm item above 0 at the latest PHQ-9)",
+            f"Safety: {status.get('safety_detail') or ''} on {safety_on} (“{pt.SAFETY_ITEM_WORDING}” "
+            "answered above 0): complete a risk assessment" + _ack_text(status.get("safety_ack")),
         ),
-        ("flag_deterioration", f"Reliable deterioration: {status.get('deteriorated_scales') or ''}"),
+        (
+            "flag_deterioration",
+            f"Reliable deterioration: {status.get('deteriorated_scales') or ''}"
+            + _ack_text(status.get("deterioration_ack")),
+        ),
         (
             "flag_overdue",
             f"Overdue: {status.get('days_since_score') or '–'} days since the last questionnaire",
         ),
         ("flag_no_baseline", "No baseline: dosing started without a preparation questionnaire"),
+        ("discharged", f"Discharged on {fmt_date(status.get('discharged_at'))} (kept in every outcome)"),
     ]
     shown = [text for key, text in parts if status.get(key)]
     if not shown:
@@ -148,10 +179,10 @@ def _summary_html(view: pt.PatientView) -> str:
             (
                 "–"
                 if _missing(r["baseline"])
-                else f"{fmt_number(r['baseline'])} ({fmt_date(r['baseline_on'])})",
+                else f"{fmt_total(r['baseline'], r['baseline_prorated'])} ({fmt_date(r['baseline_on'])})",
                 "",
             ),
-            (f"{fmt_number(r['latest'])} ({fmt_date(r['latest_on'])})", ""),
+            (f"{fmt_total(r['latest'], r['latest_prorated'])} ({fmt_date(r['latest_on'])})", ""),
             ("–" if _missing(r["band"]) else r["band"], ""),
             (fmt_number(r["change"], signed=True), "num"),
             (fmt_number(r["pct_change"], pct=True), "num"),
@@ -159,10 +190,11 @@ def _summary_html(view: pt.PatientView) -> str:
         for r in summary
     ]
     outcomes = []
+    states = [pt.outcome_states(r) for r in summary]
     for key, heading in OUTCOME_HEADINGS:
         cells = [(heading, "")]
-        for r in summary:
-            text = fmt_flag(r[key])
+        for state in states:
+            text = fmt_outcome(state[key])
             cells.append(
                 (text, ("bad" if key == "reliable_deterioration" else "yes") if text == "yes" else "")
             )
@@ -181,11 +213,11 @@ def _phases_html(view: pt.PatientView) -> str:
         [
             (r["instrument"], ""),
             (r["phase"], ""),
-            (f"{fmt_number(r['endpoint'])} ({fmt_date(r['endpoint_on'])})", ""),
+            (f"{fmt_total(r['endpoint'], r['endpoint_prorated'])} ({fmt_date(r['endpoint_on'])})", ""),
             (fmt_number(r["change"], signed=True), "num"),
             (fmt_number(r["pct_change"], pct=True), "num"),
-            (fmt_flag(r["response"]), ""),
-            (fmt_flag(r["remission"]), ""),
+            (fmt_outcome(pt.outcome_states(r)["response"]), ""),
+            (fmt_outcome(pt.outcome_states(r)["remission"]), ""),
         ]
         for r in frame.to_dict(orient="records")
     ]
@@ -199,14 +231,17 @@ def _assessments_html(view: pt.PatientView) -> str:
         [
             (fmt_date(r["assessed_on"]), ""),
             (r["instrument"], ""),
-            (fmt_number(r["total"]), "num"),
+            (fmt_total(r["total"], r["prorated"]), "num"),
             ("–" if _missing(r["band"]) else r["band"], ""),
             (r["phase"], ""),
-            ("item above 0" if r["safety"] else "", "high" if r["safety"] else ""),
+            (
+                "" if _missing(r["safety_answer"]) else r["safety_answer"],
+                "high" if not _missing(r["safety"]) and bool(r["safety"]) else "",
+            ),
         ]
         for r in pt.assessment_table(view).to_dict(orient="records")
     ]
-    return _table(["Date", "Scale", "Total", "Severity", "Phase", "Safety"], rows)
+    return _table(["Date", "Scale", "Total", "Severity", "Phase", "Safety item"], rows)
 
 
 def _sessions_html(view: pt.PatientView) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from kapdata import caseload as records
 from kapdata import db, report, settings
 from kapdata import instruments as reg
 from kapdata import patient as pt
@@ -22,6 +23,10 @@ PARAM = "patient"
 PICK_KEY = "patient_pick"
 TABLE_KEY = "caseload_table"
 TABLE_GENERATION = "caseload_table_generation"
+STAFF_KEY = "staff_code"
+NOTE_KEY = "record_note"
+MESSAGE_KEY = "record_message"
+SHOW_DISCHARGED_KEY = "show_discharged"
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -150,9 +155,23 @@ def table_key() -> str:
     return f"{TABLE_KEY}_{st.session_state.get(TABLE_GENERATION, 0)}"
 
 
-def caseload_table(frame: pd.DataFrame, defs: dict[str, str], phases: list[str]) -> str | None:
-    """The ranked caseload; returns the patient of a clicked row."""
-    shown = frame[frame["phase"].isin(phases)][list(CASELOAD_COLUMNS)].reset_index(drop=True)
+def shown_caseload(frame: pd.DataFrame, phases: list[str], show_discharged: bool) -> pd.DataFrame:
+    """The caseload rows in the chosen current phases; discharged patients only when asked (they come last).
+    The tiles above the table count these rows."""
+    keep = frame["phase"].isin(phases)
+    if not show_discharged:
+        keep &= ~frame["discharged"].astype(bool)
+    return frame[keep].reset_index(drop=True)
+
+
+def flag_counts(frame: pd.DataFrame) -> dict[str, int]:
+    return {flag: int(frame[flag].astype(bool).sum()) for flag in pt.FLAGS}
+
+
+def caseload_table(shown: pd.DataFrame, defs: dict[str, str]) -> str | None:
+    """The ranked caseload (already filtered by :func:`shown_caseload`); returns the patient of a clicked
+    row."""
+    shown = shown[list(CASELOAD_COLUMNS)]
     event = st.dataframe(
         shown,
         hide_index=True,
@@ -173,24 +192,35 @@ def caseload_table(frame: pd.DataFrame, defs: dict[str, str], phases: list[str])
 
 # --- patient view ---------------------------------------------------------------------------------------
 
-BADGES: tuple[tuple[str, str, str], ...] = (
-    ("response", "Response", "green"),
-    ("remission", "Remission", "green"),
-    ("reliable_improvement", "Reliable improvement", "green"),
-    ("reliable_deterioration", "Reliable deterioration", "red"),
-    ("recovery", "Recovery", "green"),
-    ("reliable_recovery", "Reliable recovery", "green"),
+BADGES: tuple[tuple[str, str, str], ...] = tuple(
+    (key, label, "red" if key == "reliable_deterioration" else "green") for key, label in pt.OUTCOME_LABELS
 )
 
 
+def _undefined_help(reason: str, labels: list[str], outcome: dict[str, Any], defs: dict[str, str]) -> str:
+    names = ", ".join(labels)
+    if reason == pt.NO_BASELINE:
+        return f"Not defined without a baseline: {names}. {defs['baseline']}"
+    if reason == pt.BELOW_RANGE:
+        return (
+            f"Not defined: {names}. Remission, recovery and reliable recovery need a baseline in the "
+            f"clinical range (≥ {outcome.get('caseness')}); response needs a baseline above 0. This baseline "
+            f"is {report.fmt_number(outcome.get('baseline'))}. {defs['caseness']}"
+        )
+    return f"Needs a score after the baseline: {names}."
+
+
 def outcome_badges(outcome: dict[str, Any], defs: dict[str, str]) -> None:
-    """One row of badges: each outcome met at the latest score (green; reliable deterioration red), then one
-    grey badge for those not met (hover lists them with their rules), or for why none is defined yet."""
-    met, not_met = [], []
-    for key, label, color in BADGES:
-        value = outcome.get(key)
-        if value is not None and not pd.isna(value):
-            (met if value else not_met).append((key, label, color))
+    """One row of badges: each outcome met at the latest score (green; reliable deterioration red), one grey
+    badge for those not met (hover lists them with their rules), and one for each reason some are not
+    defined (no baseline, a baseline below the clinical range, no score after baseline): never "not met"."""
+    states = pt.outcome_states(outcome)
+    met = [(k, label, color) for k, label, color in BADGES if states[k] == pt.MET]
+    not_met = [k for k, _, _ in BADGES if states[k] == pt.NOT_MET]
+    undefined: dict[str, list[str]] = {}
+    for key, label, _ in BADGES:
+        if states[key] not in (pt.MET, pt.NOT_MET):
+            undefined.setdefault(states[key], []).append(label)
     with st.container(horizontal=True, gap="small"):
         for key, label, color in met:
             st.badge(label, color=color, icon=":material/check:", help=defs[key])  # type: ignore[arg-type]
@@ -199,12 +229,10 @@ def outcome_badges(outcome: dict[str, Any], defs: dict[str, str]) -> None:
                 f"{len(not_met)} not met",
                 color="gray",
                 icon=":material/close:",
-                help="Not met: " + "; ".join(defs[key] for key, _, _ in not_met),
+                help="Not met: " + "; ".join(defs[key] for key in not_met),
             )
-        if not met and not not_met:
-            st.badge(
-                "no outcome yet", color="gray", help=f"Needs a baseline and a later score. {defs['baseline']}"
-            )
+        for reason, labels in undefined.items():
+            st.badge(reason, color="gray", help=_undefined_help(reason, labels, outcome, defs))
 
 
 def header_strip(view: pt.PatientView, defs: dict[str, str]) -> None:
@@ -226,16 +254,35 @@ def header_strip(view: pt.PatientView, defs: dict[str, str]) -> None:
             col.markdown(f":gray[{label}]  \n**{value}**", help=help_text)
 
 
+def _ack_line(view: pt.PatientView, flag: str) -> str | None:
+    """``Acknowledged by AB on 2025-06-29 10:00: note`` (plain text: the note is the user's)."""
+    ack = view.status.get(f"{flag}_ack")
+    if not ack:
+        return None
+    line = f"Acknowledged by {ack['who']} on {ack['stamp']:%Y-%m-%d %H:%M}"
+    return line + (f": {ack['note']}" if ack.get("note") else "")
+
+
 def flag_alerts(view: pt.PatientView) -> None:
-    """The patient's flags side by side, safety first (red)."""
+    """The patient's flags side by side, safety first (red); an acknowledgement below its flag (as text)."""
     s = view.status
-    alerts = []
+    alerts: list[tuple[Any, str, str, str | None]] = []
     if s["flag_safety"]:
-        text = f"**Safety: {s['safety_detail']}** at the latest questionnaire (thoughts of self-harm)."
-        alerts.append((st.error, text + " Review risk before the session.", ":material/warning:"))
+        text = (
+            f"**Safety: {s['safety_detail']}** on {s['safety_on']:%d %b %Y} (“{pt.SAFETY_ITEM_WORDING}”). "
+            "Complete a risk assessment before the session."
+        )
+        alerts.append((st.error, text, ":material/warning:", _ack_line(view, "safety")))
     if s["flag_deterioration"]:
         text = f"**Reliable deterioration** on {s['deteriorated_scales']}: latest score at least the "
-        alerts.append((st.warning, text + "reliable-change amount above baseline.", ":material/trending_up:"))
+        alerts.append(
+            (
+                st.warning,
+                text + "reliable-change amount above baseline.",
+                ":material/trending_up:",
+                _ack_line(view, "deterioration"),
+            )
+        )
     if s["flag_overdue"]:
         since = f"for {s['days_since_score']} days" if s["days_since_score"] is not None else "yet"
         alerts.append(
@@ -243,6 +290,7 @@ def flag_alerts(view: pt.PatientView) -> None:
                 st.warning,
                 f"**Overdue:** no questionnaire {since} while in {s['phase']}.",
                 ":material/schedule:",
+                None,
             )
         )
     if s["flag_no_baseline"]:
@@ -251,11 +299,95 @@ def flag_alerts(view: pt.PatientView) -> None:
                 st.warning,
                 "**No baseline:** dosing started without a preparation questionnaire.",
                 ":material/flag:",
+                None,
             )
         )
-    for col, (alert, text, icon) in zip(st.columns(len(alerts)) if alerts else [], alerts, strict=True):
+    for col, (alert, text, icon, ack) in zip(st.columns(len(alerts)) if alerts else [], alerts, strict=True):
         with col:
             alert(text, icon=icon)
+            if ack:
+                st.text(ack)
+    if s["discharged"]:
+        st.info(
+            f"Discharged on {s['discharged_at']:%d %b %Y}: hidden from the caseload, kept in every outcome."
+        )
+        st.text(
+            f"Discharged by {s['discharged_by']}"
+            + (f": {s['discharge_note']}" if s["discharge_note"] else "")
+        )
+
+
+# --- acknowledging a flag, discharging ----------------------------------------------------------------
+
+
+def _record(action: str, path: str, patient_id: str, today: dt.date) -> None:
+    """Button callback: write one acknowledgement / discharge / re-admission (one short transaction); the
+    outcome is shown on the rerun that follows, with data read afresh (caches follow the file)."""
+    staff, note = st.session_state.get(STAFF_KEY), st.session_state.get(NOTE_KEY)
+    try:
+        if action in pt.ACK_FLAGS:
+            ack = records.acknowledge(path, patient_id, action, staff or "", note, today=today)
+            message = (
+                f"{records.FLAG_LABELS[action].capitalize()} flag acknowledged by {ack.acknowledged_by}."
+            )
+        elif action == "discharge":
+            records.discharge(path, patient_id, staff or "", note)
+            message = f"Patient {patient_id} discharged."
+        else:
+            records.readmit(path, patient_id)
+            message = f"Patient {patient_id} re-admitted to the caseload."
+    except records.CaseloadError as exc:
+        st.session_state[MESSAGE_KEY] = ("error", f"Nothing recorded: {exc}.")
+        return
+    except db.DatabaseBusy:
+        st.session_state[MESSAGE_KEY] = ("error", "Nothing recorded: the database is busy; try again.")
+        return
+    except Exception:  # no engine message reaches the user
+        st.session_state[MESSAGE_KEY] = ("error", "Nothing recorded: the database could not be written.")
+        return
+    st.session_state[NOTE_KEY] = ""
+    st.session_state[MESSAGE_KEY] = ("success", message)
+
+
+def record_panel(path: str, view: pt.PatientView, defs: dict[str, str]) -> None:
+    """Acknowledge the patient's flags, discharge or re-admit: the staff code says who (no sign-in yet)."""
+    s = view.status
+    message = st.session_state.pop(MESSAGE_KEY, None)
+    if message:
+        kind, text = message
+        (st.success if kind == "success" else st.error)("Recorded." if kind == "success" else "Not recorded.")
+        st.text(text)
+    with st.expander(
+        "Acknowledge a flag · discharge", expanded=bool(s["flag_safety"] and not s["safety_ack"])
+    ):
+        left, right = st.columns([1, 3])
+        left.text_input(
+            "Your staff code",
+            key=STAFF_KEY,
+            max_chars=32,
+            help="Who is recording this (there is no sign-in yet): your staff code, not a patient ID.",
+        )
+        right.text_area(
+            "Note",
+            key=NOTE_KEY,
+            max_chars=records.NOTE_MAX,
+            height=68,
+            help="What was done (for example the risk assessment). No names, birth dates or contact details.",
+        )
+        args = (path, view.patient_id, view.today)
+        with st.container(horizontal=True, gap="small"):
+            for flag, raised in (("safety", s["flag_safety"]), ("deterioration", s["flag_deterioration"])):
+                if raised and not s[f"{flag}_ack"]:
+                    st.button(
+                        f"Acknowledge the {records.FLAG_LABELS[flag]} flag",
+                        on_click=_record,
+                        args=(flag, *args),
+                        help=defs["acknowledge"],
+                    )
+            if s["discharged"]:
+                st.button("Re-admit to the caseload", on_click=_record, args=("readmit", *args))
+            else:
+                st.button("Discharge", on_click=_record, args=("discharge", *args), help=defs["discharge"])
 
 
 def scale_card(view: pt.PatientView, code: str, defs: dict[str, str]) -> None:
@@ -275,13 +407,17 @@ def scale_card(view: pt.PatientView, code: str, defs: dict[str, str]) -> None:
             help=f"{defs['latest']} {defs['change']} {defs['pct_change']}",
         )
         base = o.get("baseline")
+        base_mark = " prorated" if o.get("baseline_prorated") else ""
+        latest_mark = " prorated" if o.get("latest_prorated") else ""
         st.caption(
-            f"**{o.get('band') or '–'}** · baseline {report.fmt_number(base)} "
-            f"({fmt_day(o.get('baseline_on'))}) → latest {report.fmt_number(o.get('latest'))} "
+            f"**{o.get('band') or '–'}** · baseline {report.fmt_number(base)}{base_mark} "
+            f"({fmt_day(o.get('baseline_on'))}) → latest {report.fmt_number(o.get('latest'))}{latest_mark} "
             f"({fmt_day(o.get('latest_on'))})"
             if base is not None
-            else f"**{o.get('band') or '–'}** · no baseline (no preparation score): no change computed.",
-            help=f"{defs['band']} {defs['baseline']}",
+            else f"**{o.get('band') or '–'}** · latest {report.fmt_number(o.get('latest'))}{latest_mark} · "
+            "no baseline (no preparation score): no change computed.",
+            help=f"{defs['band']} {defs['baseline']}"
+            + (f" {defs['prorated']}" if base_mark or latest_mark else ""),
         )
         outcome_badges(o, defs)
 
@@ -323,12 +459,20 @@ def assessment_config(defs: dict[str, str]) -> dict[str, Any]:
         "assessed_on": st.column_config.DateColumn("Date"),
         "instrument": "Scale",
         "total": st.column_config.NumberColumn("Total", format="%d"),
+        "prorated": st.column_config.CheckboxColumn("Prorated", help=defs["prorated"]),
         "band": st.column_config.TextColumn("Severity", help=defs["band"]),
         "clinical_range": st.column_config.CheckboxColumn("Clinical range", help=defs["caseness"]),
         "phase": st.column_config.TextColumn("Phase", help=defs["score_phase"]),
         "day": st.column_config.NumberColumn("Day", format="%d", help="Days since the first dosing session."),
-        "safety_answer": st.column_config.TextColumn("Safety item", help=defs["safety"]),
+        "safety_answer": st.column_config.TextColumn(
+            "Safety item", help=defs["safety"] + " “not answered”: unknown, not 0."
+        ),
     }
+
+
+def _true(value: Any) -> bool:
+    """True only for a known true (None / NA: unknown)."""
+    return value is not None and not pd.isna(value) and bool(value)
 
 
 def styled_assessments(view: pt.PatientView) -> Any:
@@ -339,7 +483,9 @@ def styled_assessments(view: pt.PatientView) -> Any:
     def colour(col: pd.Series) -> list[str]:
         if col.name != "safety_answer":
             return [""] * len(col)
-        return ["background-color: #ffcdd2; color: #b71c1c; font-weight: 600" if f else "" for f in flagged]
+        return [
+            "background-color: #ffcdd2; color: #b71c1c; font-weight: 600" if _true(f) else "" for f in flagged
+        ]
 
     return table.style.apply(colour, axis=0)
 

@@ -21,29 +21,37 @@ defs = pt.help_texts(view.settings) if view else ui.help_texts(path, version)
 if view is None:
     caseload = ui.caseload(path, version, cohort, today)
     st.title("Patient trends")
+    n_discharged = int(caseload["discharged"].astype(bool).sum())
     st.caption(
-        f"Caseload as of {today:%d %b %Y}: {len(caseload):,} patients in the sidebar's clinics and "
-        "providers, ranked by need for attention. Click a row, or choose a patient, to open the patient view."
+        f"Caseload as of {today:%d %b %Y}: {len(caseload) - n_discharged:,} patients in the sidebar's "
+        f"clinics and providers ({n_discharged:,} discharged, hidden unless shown), ranked by need for "
+        "attention. Click a row, or choose a patient, to open the patient view."
     )
     if chosen:
-        st.warning(f"No patient with the ID `{chosen}` in this database.")
-    counts = {flag: int(caseload[flag].sum()) for flag in pt.FLAGS}
+        st.warning("No patient with this ID in this database:")
+        st.code(chosen, language=None)
+    left, mid, right = st.columns([2, 3, 1.2], vertical_alignment="bottom")
+    with mid:
+        phases = st.pills(
+            "Current phase", db.PHASES, selection_mode="multi", default=list(db.PHASES), help=defs["phase"]
+        )
+    with right:
+        show_discharged = st.toggle(
+            "Show discharged", key=ui.SHOW_DISCHARGED_KEY, help=defs["discharge"] + " Listed last."
+        )
+    shown = ui.shown_caseload(caseload, phases or list(db.PHASES), show_discharged)
+    with left:
+        ui.patient_picker(shown["patient_id"].tolist(), None)
+    counts = ui.flag_counts(shown)
     c = st.columns(5)
-    c[0].metric("Patients", f"{len(caseload):,}")
+    c[0].metric("Patients", f"{len(shown):,}", help="Patients in the table below (its phases).")
     c[1].metric(":material/warning: Safety", counts["flag_safety"], help=defs["safety"])
     c[2].metric(
         ":material/trending_up: Deterioration", counts["flag_deterioration"], help=defs["deterioration"]
     )
     c[3].metric("Overdue", counts["flag_overdue"], help=defs["overdue"])
     c[4].metric("No baseline", counts["flag_no_baseline"], help=defs["no_baseline"])
-    left, right = st.columns([2, 3], vertical_alignment="bottom")
-    with left:
-        ui.patient_picker(caseload["patient_id"].tolist(), None)
-    with right:
-        phases = st.pills(
-            "Current phase", db.PHASES, selection_mode="multi", default=list(db.PHASES), help=defs["phase"]
-        )
-    clicked = ui.caseload_table(caseload, defs, phases or list(db.PHASES))
+    clicked = ui.caseload_table(shown, defs)
     if clicked:
         ui.open_patient(clicked)
         st.rerun()
@@ -69,6 +77,7 @@ top[3].download_button(
 )
 ui.header_strip(view, defs)
 ui.flag_alerts(view)
+ui.record_panel(path, view, defs)
 
 if not view.scales:
     st.info("No questionnaires yet for this patient.")

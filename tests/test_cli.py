@@ -154,9 +154,10 @@ def test_outcomes_csv_has_exact_columns_and_values(tmp_path):
         OUTCOMES_HEADER,
         "P1,GAD-7,dosing,0,,,,,,,,,,",
         "P1,GAD-7,integration,0,,,,,,,,,,",
-        # baseline 0: change +3, no percentage, no response; 3 < 5 remission; not a case at baseline
-        "P1,GAD-7,follow-up,0,3,2025-07-01,3,,,true,false,false,false,false",
-        "P1,GAD-7,latest,0,3,2025-07-01,3,,,true,false,false,false,false",
+        # baseline 0: change +3, no percentage, no response; not a case at baseline, so remission and
+        # recovery are undefined (it used to say remission: 3 < 5)
+        "P1,GAD-7,follow-up,0,3,2025-07-01,3,,,,false,false,,",
+        "P1,GAD-7,latest,0,3,2025-07-01,3,,,,false,false,,",
         # 20 → 10: exactly 50% (response), -10 reliable; 10 is still a case (no recovery)
         "P1,PHQ-9,dosing,20,10,2025-03-15,-10,-50.0,true,false,true,false,false,false",
         "P1,PHQ-9,integration,20,4,2025-05-01,-16,-80.0,true,true,true,false,true,true",
@@ -191,7 +192,7 @@ def test_summary_json_structure_wilson_t_interval_and_itt(tmp_path):
     proc = run_cli("summary", "--db", "kap.duckdb", "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
-    assert set(doc) == {"generated_at", "phases", "definitions", "results"}
+    assert set(doc) == {"generated_at", "phases", "definitions", "results", "joint_recovery"}
     assert [(r["instrument"], r["phase"]) for r in doc["results"]] == [
         ("PHQ-9", p) for p in ("dosing", "integration", "follow-up", "latest")
     ]
@@ -203,6 +204,8 @@ def test_summary_json_structure_wilson_t_interval_and_itt(tmp_path):
         "patients_with_baseline",
         "completers",
         "itt",
+        "baseline_below_caseness",
+        "itt_not_yet_due",
         "mean_baseline",
         "mean_endpoint",
         "mean_change",
@@ -367,3 +370,80 @@ def test_a_file_refused_as_a_whole_is_reported_as_a_file_not_a_row(tmp_path):
         "Import rejected: 1 problem(s) in 1 whole file(s); the database is unchanged."
     )
     assert "Traceback" not in proc.stderr
+
+
+# --- caseload, acknowledge, discharge -------------------------------------------------------------------
+
+
+def test_caseload_command_writes_one_row_per_patient_in_caseload_order(tmp_path):
+    import csv
+    import getpass
+
+    from tests.test_patient import build_safety_cohort
+
+    path = build_safety_cohort(tmp_path)
+    ack = run_cli(
+        "acknowledge",
+        "A3",
+        "--flag",
+        "safety",
+        "--note",
+        "=HYPERLINK(1)",
+        "--as-of",
+        "2025-06-30",
+        "--db",
+        str(path),
+        cwd=tmp_path,
+    )
+    assert ack.returncode == 0, ack.stderr
+    assert ack.stdout.startswith("A3: safety flag of 2025-06-15 acknowledged by ")
+    out = run_cli("discharge", "G2", "--note", "moved", "--db", str(path), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    proc = run_cli("caseload", "--db", str(path), "--as-of", "2025-06-30", "--out", "c.csv", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "c.csv: 6 rows"
+    with open(tmp_path / "c.csv", encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    cols = (
+        "patient_id",
+        "current_phase",
+        "safety",
+        "safety_item9",
+        "safety_on",
+        "reliable_deterioration",
+        "overdue",
+        "no_baseline",
+        "acknowledged",
+        "discharged",
+    )
+    assert [tuple(r[c] for c in cols) for r in rows] == [
+        ("A1", "preparation", "true", "2", "2025-05-01", "false", "false", "false", "false", "false"),
+        ("A2", "preparation", "true", "1", "2025-06-10", "false", "false", "false", "false", "false"),
+        ("A3", "preparation", "true", "2", "2025-06-15", "false", "false", "false", "true", "false"),
+        ("G1", "follow-up", "false", "", "", "true", "false", "false", "false", "false"),
+        ("A4", "preparation", "false", "", "", "false", "false", "false", "false", "false"),
+        ("G2", "follow-up", "false", "", "", "true", "false", "false", "false", "true"),  # discharged last
+    ]
+    a3 = rows[2]
+    assert a3["acknowledged_note"] == "'=HYPERLINK(1)"  # neutralised for spreadsheets
+    assert a3["acknowledged_by"] == getpass.getuser() and a3["acknowledged_flag"] == "safety"
+    assert rows[5]["discharge_note"] == "moved"
+    # Re-admitted: back in its place.
+    assert run_cli("discharge", "G2", "--undo", "--db", str(path), cwd=tmp_path).returncode == 0
+    run_cli("caseload", "--db", str(path), "--as-of", "2025-06-30", "--out", "c.csv", cwd=tmp_path)
+    with open(tmp_path / "c.csv", encoding="utf-8", newline="") as fh:
+        assert [r["patient_id"] for r in csv.DictReader(fh)] == ["A1", "A2", "A3", "G1", "G2", "A4"]
+
+
+def test_caseload_commands_reject_bad_input_without_a_traceback(tmp_path):
+    from tests.test_patient import build_safety_cohort
+
+    path = build_safety_cohort(tmp_path)
+    bad_date = run_cli("caseload", "--db", str(path), "--as-of", "30/06/2025", "--out", "c.csv", cwd=tmp_path)
+    assert bad_date.returncode == 2 and "YYYY-MM-DD" in bad_date.stderr
+    no_flag = run_cli(
+        "acknowledge", "A4", "--flag", "safety", "--as-of", "2025-06-30", "--db", str(path), cwd=tmp_path
+    )
+    assert no_flag.returncode == 2 and "no safety flag to acknowledge" in no_flag.stderr
+    assert "Traceback" not in bad_date.stderr + no_flag.stderr
+    assert not (tmp_path / "c.csv").exists()

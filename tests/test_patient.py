@@ -14,16 +14,19 @@ Fixture (today = 2025-06-30; integration window 84 days, overdue after 28 days, 
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from kapdata import caseload as records
 from kapdata import cohort, db, ingest
 from kapdata import patient as pt
 from kapdata.charts import patient as charts
 
 TODAY = dt.date(2025, 6, 30)
+NOW = dt.datetime(2025, 6, 30, 10, 0)
 ITEMS = [f"item_{n}" for n in range(1, 21)]
 
 PATIENTS = [
@@ -119,6 +122,13 @@ def view(path: Path, patient_id: str, today: dt.date = TODAY) -> pt.PatientView:
         v = pt.patient_view(con, patient_id, today)
     assert v is not None
     return v
+
+
+def query_one(path: Path, sql: str) -> object:
+    with db.reader(path) as con:
+        result = con.execute(sql).fetchone()
+    assert result is not None
+    return result[0]
 
 
 def row(frame: pd.DataFrame, patient_id: str) -> dict[str, object]:
@@ -349,3 +359,195 @@ def test_item_heatmap_sets_the_safety_item_apart(cohort_db):
     main, safety = fig.data
     assert pd.isna(main.z[8]).all() and list(safety.z[8]) == [0, 1]
     assert charts.item_heatmap(view(cohort_db, "O1"), "PHQ-9") is None
+
+
+# --- safety, acknowledgements, discharges, undefined outcomes, integer targets -----------------------------
+#
+# A second hand-made cohort (today = 2025-06-30). PHQ-9 items are 9 answers; item 9 is the safety item.
+# - A1: item 9 = 2 on 05-01 (total 12), then a total only (10) on 06-01: item 9 unknown, the flag stands.
+# - A2: item 9 = 1 on 06-10 (total 19).
+# - A3: item 9 = 2 on 06-15 (total 14).
+# - A4: item 9 = 3 on 04-01, 0 on 05-01, then 8 items answered and item 9 left empty on 06-20 (total 9,
+#   prorated): the 0 cleared the flag and the unanswered item does not raise it again.
+# - G1: sessions 03-01, 03-10; GAD-7 0 (02-25) → 4 (06-10): reliable deterioration (+4 ≥ RC 4) from a
+#   baseline of 0, below the GAD-7 clinical range (8): remission, recovery and response are undefined.
+# - G2: session 03-01; GAD-7 5 (02-20) → 10 (05-01): reliable deterioration (+5).
+
+SAFETY_PATIENTS = [(p, "East", "PR9", "IV") for p in ("A1", "A2", "A3", "A4", "G1", "G2")]
+SAFETY_SESSIONS = [("G1", "2025-03-01"), ("G1", "2025-03-10"), ("G2", "2025-03-01")]
+SAFETY_SCORES = [
+    ("A1", "PHQ-9", "2025-05-01", 12, [2, 2, 1, 1, 1, 1, 1, 1, 2]),
+    ("A1", "PHQ-9", "2025-06-01", 10, None),
+    ("A2", "PHQ-9", "2025-06-10", 19, [3, 3, 3, 3, 2, 2, 1, 1, 1]),
+    ("A3", "PHQ-9", "2025-06-15", 14, [2, 2, 2, 2, 2, 1, 1, 0, 2]),
+    ("A4", "PHQ-9", "2025-04-01", 20, [3, 3, 3, 2, 2, 2, 1, 1, 3]),
+    ("A4", "PHQ-9", "2025-05-01", 8, [1, 1, 1, 1, 1, 1, 1, 1, 0]),
+    ("A4", "PHQ-9", "2025-06-20", 8, [1, 1, 1, 1, 1, 1, 1, 1, 0]),  # made prorated below
+    ("G1", "GAD-7", "2025-02-25", 0, None),
+    ("G1", "GAD-7", "2025-06-10", 4, None),
+    ("G2", "GAD-7", "2025-02-20", 5, None),
+    ("G2", "GAD-7", "2025-05-01", 10, None),
+]
+
+
+def build_safety_cohort(folder: Path) -> Path:
+    patients = _csv(folder / "patients.csv", ["patient_id", "clinic", "provider", "route"], SAFETY_PATIENTS)
+    sessions = _csv(
+        folder / "sessions.csv",
+        ["patient_id", "session_date", "dose_mg"],
+        [[p, d, 35] for p, d in SAFETY_SESSIONS],
+    )
+    scores = _csv(
+        folder / "scores.csv",
+        ["patient_id", "instrument", "assessed_on", "total", *ITEMS[:9]],
+        [[p, i, d, t, *(items or [None] * 9)] for p, i, d, t, items in SAFETY_SCORES],
+    )
+    path = folder / "kap.duckdb"
+    ingest.load_files([patients, sessions, scores], path, today=TODAY)
+    with db.session(path) as con:  # A4 on 06-20: item 9 left empty, the total prorated from 8 answers
+        con.execute(
+            "UPDATE scores SET items = [1, 1, 1, 1, 1, 1, 1, 1, NULL]::SMALLINT[], total = 9, "
+            "prorated = true WHERE patient_id = 'A4' AND assessed_on = DATE '2025-06-20'"
+        )
+        db.bump_data_version(con)
+    return path
+
+
+@pytest.fixture(scope="module")
+def safety_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_safety_cohort(tmp_path_factory.mktemp("safety"))
+
+
+def _copy(src: Path, folder: Path) -> Path:
+    out = folder / "copy.duckdb"
+    shutil.copyfile(src, out)
+    return out
+
+
+def _load_scores(path: Path, folder: Path, rows: list[tuple[str, str, str, int, list[int] | None]]) -> None:
+    scores = _csv(
+        folder / f"more_{len(list(folder.iterdir()))}.csv",
+        ["patient_id", "instrument", "assessed_on", "total", *ITEMS[:9]],
+        [[p, i, d, t, *(items or [None] * 9)] for p, i, d, t, items in rows],
+    )
+    ingest.load_files([scores], path, today=TODAY)
+
+
+def test_safety_flag_is_not_cleared_by_a_phq9_without_item_9(safety_db):
+    frame = caseload(safety_db).set_index("patient_id")
+    # A1: item 9 = 2 on 05-01, then a total only on 06-01 (unknown): still flagged, from the 05-01 answer.
+    assert bool(frame.loc["A1", "flag_safety"]) is True
+    assert (frame.loc["A1", "safety_item9"], frame.loc["A1", "safety_on"]) == (2, pd.Timestamp("2025-05-01"))
+    assert frame.loc["A1", "flags"] == "⚠ Safety: PHQ-9 item 9 = 2"
+    # A4: 3, then 0 (clears), then item 9 left empty (unknown: does not raise it again).
+    assert bool(frame.loc["A4", "flag_safety"]) is False and pd.isna(frame.loc["A4", "safety_item9"])
+
+
+def test_safety_group_ranks_by_item9_answer_then_most_recent(safety_db):
+    frame = caseload(safety_db)
+    # A3 (2, 06-15) and A1 (2, 05-01) before A2 (1, 06-10, assessed more recently than A1).
+    assert frame["patient_id"].tolist() == ["A3", "A1", "A2", "G1", "G2", "A4"]
+    assert frame["priority"].tolist() == [1, 1, 1, 2, 2, 5]
+
+
+def test_assessments_show_an_unanswered_item_9_as_unknown_and_prorated_totals(safety_db):
+    table = pt.assessment_table(view(safety_db, "A4"))
+    assert table["total"].tolist() == [9, 8, 20]
+    assert table["prorated"].tolist() == [True, False, False]
+    assert table["safety_answer"].tolist() == ["item 9 not answered", "item 9 = 0", "item 9 = 3"]
+    assert table["safety"].tolist() == [None, False, True]  # unknown, not false
+    a1 = pt.assessment_table(view(safety_db, "A1"))
+    assert a1["safety_answer"].tolist() == ["item 9 not answered", "item 9 = 2"]
+    assert a1["safety"].tolist() == [None, True]
+    summary = pt.scale_summary(view(safety_db, "A4")).iloc[0]
+    assert (summary["latest"], bool(summary["latest_prorated"])) == (9, True)
+
+
+def test_outcomes_below_the_clinical_range_or_without_baseline_are_not_defined(safety_db, cohort_db):
+    # G1 GAD-7 0 → 4: reliable deterioration; the baseline 0 is below the clinical range (8).
+    states = pt.outcome_states(view(safety_db, "G1").latest_outcome("GAD-7"))
+    assert states == {
+        "response": pt.BELOW_RANGE,
+        "remission": pt.BELOW_RANGE,  # 4 < 5 would have been a "remission" beside the deterioration
+        "reliable_improvement": pt.NOT_MET,
+        "reliable_deterioration": pt.MET,
+        "recovery": pt.BELOW_RANGE,
+        "reliable_recovery": pt.BELOW_RANGE,
+    }
+    assert set(pt.outcome_states(view(cohort_db, "N1").latest_outcome("PHQ-9")).values()) == {pt.NO_BASELINE}
+    assert set(pt.outcome_states(view(cohort_db, "R1").latest_outcome("PHQ-9")).values()) == {
+        pt.NO_LATER_SCORE
+    }
+
+
+@pytest.mark.parametrize(
+    ("baseline", "pct", "target"),
+    [(19, 50, 9), (16, 50, 8), (37, 30, 25), (33, 30, 23), (1, 50, 0), (0, 50, None), (None, 50, None)],
+)
+def test_response_target_is_the_highest_integer_score_that_is_a_response(baseline, pct, target):
+    # (b - e) * 100 >= pct * b: 19 → 9 ((19 - 9) * 100 = 1000 >= 950; 10 would give 900); 37 → 25 at 30%.
+    assert pt.response_target(baseline, pct) == target
+
+
+def test_trend_chart_labels_the_integer_response_target(safety_db):
+    fig = charts.score_trend(view(safety_db, "A2"), "PHQ-9")  # baseline 19
+    labels = [a.text for a in fig.layout.annotations if str(a.text).startswith("response")]
+    assert labels == ["response ≤ 9 (−50% of baseline 19)"]
+    assert 9 in {s.y0 for s in fig.layout.shapes if s.type == "line"}
+
+
+def test_acknowledged_safety_flag_ranks_after_unacknowledged_and_returns_with_a_newer_answer(
+    safety_db, tmp_path
+):
+    path = _copy(safety_db, tmp_path)
+    ack = records.acknowledge(path, "A3", "safety", "AB-12", "risk assessed", today=TODAY, now=NOW)
+    assert (ack.flag_on, ack.acknowledged_by, ack.note) == (dt.date(2025, 6, 15), "AB-12", "risk assessed")
+    frame = caseload(path)
+    assert frame["patient_id"].tolist()[:3] == ["A1", "A2", "A3"]  # still flagged, after the unacknowledged
+    a3 = row(frame, "A3")
+    assert a3["flag_safety"] and a3["acknowledged"] and a3["acknowledged_by"] == "AB-12"
+    assert a3["flags"] == "⚠ Safety: PHQ-9 item 9 = 2 (acknowledged by AB-12 2025-06-30)"
+    # A later total without item answers changes nothing.
+    _load_scores(path, tmp_path, [("A3", "PHQ-9", "2025-06-25", 13, None)])
+    assert caseload(path)["patient_id"].tolist()[:3] == ["A1", "A2", "A3"]
+    # A later item 9 = 1 raises the flag again: no longer acknowledged, ranked by its answer and date.
+    _load_scores(path, tmp_path, [("A3", "PHQ-9", "2025-06-28", 12, [2, 2, 2, 1, 1, 1, 1, 1, 1])])
+    frame = caseload(path)
+    assert frame["patient_id"].tolist()[:3] == ["A1", "A3", "A2"]
+    assert not row(frame, "A3")["acknowledged"] and row(frame, "A3")["safety_item9"] == 1
+
+
+def test_acknowledged_deterioration_ranks_after_the_other_deteriorations(safety_db, tmp_path):
+    path = _copy(safety_db, tmp_path)
+    records.acknowledge(path, "G1", "deterioration", "cd", today=TODAY, now=NOW)
+    frame = caseload(path)
+    assert frame["patient_id"].tolist() == ["A3", "A1", "A2", "G2", "G1", "A4"]
+    assert row(frame, "G1")["flags"] == "▲ Reliable deterioration: GAD-7 (acknowledged by cd 2025-06-30)"
+
+
+def test_acknowledging_needs_a_standing_flag_and_a_staff_code(safety_db, tmp_path):
+    path = _copy(safety_db, tmp_path)
+    with pytest.raises(records.CaseloadError, match="no safety flag"):
+        records.acknowledge(path, "A4", "safety", "AB", today=TODAY)
+    with pytest.raises(records.CaseloadError, match="staff code"):
+        records.acknowledge(path, "A1", "safety", "Dr Jane Smith", today=TODAY)
+    with pytest.raises(records.CaseloadError, match="no patient"):
+        records.acknowledge(path, "ZZ", "safety", "AB", today=TODAY)
+    assert query_one(path, "SELECT count(*) FROM acknowledgements") == 0
+
+
+def test_a_discharged_patient_leaves_the_caseload_stays_in_outcomes_and_can_be_readmitted(
+    safety_db, tmp_path
+):
+    path = _copy(safety_db, tmp_path)
+    outcomes_before = query_one(path, "SELECT count(*) FROM outcomes WHERE patient_id = 'A3'")
+    records.discharge(path, "A3", "AB", "moved away", now=NOW)
+    frame = caseload(path)
+    assert frame["patient_id"].tolist() == ["A1", "A2", "G1", "G2", "A4", "A3"]  # discharged last
+    a3 = row(frame, "A3")
+    assert a3["discharged"] and a3["discharged_by"] == "AB" and a3["discharge_note"] == "moved away"
+    assert a3["flags"] == "⚠ Safety: PHQ-9 item 9 = 2 · Discharged 2025-06-30"
+    assert query_one(path, "SELECT count(*) FROM outcomes WHERE patient_id = 'A3'") == outcomes_before > 0
+    assert records.readmit(path, "A3") is True
+    assert caseload(path)["patient_id"].tolist() == ["A3", "A1", "A2", "G1", "G2", "A4"]
+    assert records.readmit(path, "A3") is False

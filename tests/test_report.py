@@ -72,7 +72,7 @@ def test_report_includes_definitions_sources_and_a_print_stylesheet(reports):
     html = reports["D1"]
     assert "@media print" in html and "@page" in html and "break-inside: avoid" in html
     text = text_of(html)
-    assert "Reliable deterioration A rise of at least the reliable change index" in text
+    assert "Reliable deterioration A rise of at least the reliable change" in text
     assert "Current phase (as of the report" in text
     assert "Jacobson NS, Truax P." in text
     assert "Blevins CA" in text

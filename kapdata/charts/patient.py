@@ -37,6 +37,11 @@ def _num(value: float) -> str:
     return f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
 
 
+def _known_true(value: object) -> bool:
+    """True only for a known true: None / NA (e.g. a safety item not answered) is unknown."""
+    return value is not None and not pd.isna(value) and bool(value)  # type: ignore[call-overload]
+
+
 def _ts(value: dt.date) -> pd.Timestamp:
     return pd.Timestamp(value)
 
@@ -122,7 +127,7 @@ def _targets(fig: go.Figure, view: PatientView, inst: reg.Instrument, start: dt.
     pct = view.threshold(inst.code, "response_pct")
     response_at = response_target(latest.get("baseline"), pct)
     if response_at is not None and latest.get("baseline_on") is not None:
-        text = f"response ≤ {_num(response_at)} (−{pct}% of baseline {latest['baseline']})"
+        text = f"response ≤ {response_at} (−{pct}% of baseline {latest['baseline']})"
         lines.append((response_at, text, "response", latest["baseline_on"]))
     # Labels of lines closer than ~6% of the axis go on opposite sides so they never overlap.
     lines.sort(key=lambda line: line[0])
@@ -135,6 +140,8 @@ def _targets(fig: go.Figure, view: PatientView, inst: reg.Instrument, start: dt.
 def _scores(fig: go.Figure, view: PatientView, inst: reg.Instrument) -> None:
     scores = view.scale_scores(inst.code)
     day = scores["day"].astype("object").where(scores["day"].notna(), "–")
+    prorated = [" (prorated)" if _known_true(v) else "" for v in scores["prorated"]]
+    safety = [f"<br>{text}" if isinstance(text, str) else "" for text in scores["safety_answer"]]
     fig.add_scatter(
         x=pd.to_datetime(scores["assessed_on"]),
         y=scores["total"],
@@ -142,12 +149,12 @@ def _scores(fig: go.Figure, view: PatientView, inst: reg.Instrument) -> None:
         name=inst.code,
         line={"color": INSTRUMENT_COLORS.get(inst.code, "#333333"), "width": 2.5},
         marker={"size": 8},
-        customdata=np.column_stack([scores["band"].fillna("–"), scores["phase"], day]),
+        customdata=np.column_stack([scores["band"].fillna("–"), scores["phase"], day, prorated, safety]),
         hovertemplate="%{x|%d %b %Y} · day %{customdata[2]}<br><b>"
         + inst.code
-        + " %{y}</b> · %{customdata[0]}<br>%{customdata[1]}<extra></extra>",
+        + " %{y}%{customdata[3]}</b> · %{customdata[0]}<br>%{customdata[1]}%{customdata[4]}<extra></extra>",
     )
-    flagged = scores[scores["safety"].astype(bool)]
+    flagged = scores[scores["safety"].map(_known_true).astype(bool)]
     if not flagged.empty:
         items = ", ".join(map(str, inst.safety_items))
         answers = [max(i[k - 1] for k in inst.safety_items) for i in flagged["items"]]

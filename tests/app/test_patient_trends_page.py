@@ -15,7 +15,7 @@ import kapui.patient as ui
 from kapdata import db
 from kapdata import patient as pt
 
-from ..test_patient import TODAY, build_cohort
+from ..test_patient import TODAY, build_cohort, build_safety_cohort
 from .conftest import ROOT
 
 PAGE = "pages/patient_trends.py"
@@ -124,7 +124,8 @@ def test_deep_link_reloads_to_the_same_patient_view(cohort_env):
 
 def test_unknown_patient_in_the_url_warns_and_shows_the_caseload(cohort_env):
     at = open_page(patient="NOPE")
-    assert any("NOPE" in w.value for w in at.warning)
+    assert any("No patient with this ID" in w.value for w in at.warning)
+    assert at.code[0].value == "NOPE"  # the typed ID is shown as text, never as markdown
     assert caseload_ids(at)[0] == "S1"
 
 
@@ -151,3 +152,90 @@ def test_patient_view_opens_on_the_sample_database(app_env: Path):
     assert at.title[0].value == f"Patient {first}"
     assert len(at.get("plotly_chart")) >= 1
     assert len(at.tabs) >= 1
+
+
+def test_tiles_follow_the_phase_filter(cohort_env):
+    at = open_page()
+    at.button_group[0].set_value(["dosing"]).run()  # S1 (safety) and N1 (no baseline)
+    counts = {m.label.split(": ")[-1]: m.value for m in at.metric}
+    assert counts == {
+        "Patients": "2",
+        "Safety": "1",
+        "Deterioration": "0",
+        "Overdue": "0",
+        "No baseline": "1",
+    }
+
+
+@pytest.fixture()
+def safety_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = build_safety_cohort(tmp_path)  # writable: the page records acknowledgements and discharges
+    monkeypatch.setenv("KAP_DB", str(path))
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(ui, "today", lambda: TODAY)
+    return path
+
+
+def test_badges_say_not_defined_for_a_baseline_below_the_clinical_range(safety_env):
+    at = open_page(patient="G1")  # GAD-7 0 → 4: reliable deterioration, no remission
+    badges = [m.value for m in at.markdown if "-badge[" in m.value]
+    assert badges == [
+        ":red-badge[:material/check: Reliable deterioration]",
+        ":gray-badge[:material/close: 1 not met]",  # reliable improvement
+        ":gray-badge[not defined: baseline below clinical range]",
+    ]
+
+
+def test_assessments_show_item_9_not_answered_and_the_flag_asks_for_a_risk_assessment(safety_env):
+    at = open_page(patient="A1")
+    assert "Complete a risk assessment" in at.error[0].value
+    assert "better off dead, or of hurting yourself" in at.error[0].value
+    table = at.dataframe[-1].value
+    assert table["safety_answer"].tolist() == ["item 9 not answered", "item 9 = 2"]
+    assert table["prorated"].tolist() == [False, False]
+
+
+def test_acknowledging_a_flag_on_the_page_keeps_it_marked_and_ranked_after(safety_env):
+    at = open_page(patient="A3")
+    at.text_input(key=ui.STAFF_KEY).input("AB-12")
+    at.text_area(key=ui.NOTE_KEY).input("risk assessed")
+    next(b for b in at.button if b.label == "Acknowledge the safety flag").click().run()
+    assert not at.exception
+    assert at.success[0].value == "Recorded."
+    assert any(
+        t.value.startswith("Acknowledged by AB-12 on ") and t.value.endswith(": risk assessed")
+        for t in at.text
+    )
+    at.button[0].click().run()  # back to the caseload
+    assert caseload_ids(at)[:3] == ["A1", "A2", "A3"]
+    assert (
+        at.dataframe[0]
+        .value["flags"]
+        .tolist()[2]
+        .startswith("⚠ Safety: PHQ-9 item 9 = 2 (acknowledged by AB-12")
+    )
+
+
+def test_a_bad_staff_code_records_nothing(safety_env):
+    at = open_page(patient="A3")
+    at.text_input(key=ui.STAFF_KEY).input("Dr Smith")
+    next(b for b in at.button if b.label == "Acknowledge the safety flag").click().run()
+    assert [e.value for e in at.error][1:] == ["Not recorded."]  # after the safety flag
+    assert any("staff code" in t.value for t in at.text)
+    with db.reader(safety_env) as con:
+        assert con.execute("SELECT count(*) FROM acknowledgements").fetchone() == (0,)
+
+
+def test_discharging_hides_the_patient_until_shown_and_readmitting_brings_them_back(safety_env):
+    at = open_page(patient="A1")
+    at.text_input(key=ui.STAFF_KEY).input("AB")
+    next(b for b in at.button if b.label == "Discharge").click().run()
+    assert any("Discharged on" in i.value for i in at.info)
+    at.button[0].click().run()
+    assert "A1" not in caseload_ids(at)
+    at.toggle(key=ui.SHOW_DISCHARGED_KEY).set_value(True).run()
+    assert caseload_ids(at)[-1] == "A1"
+    at.selectbox(key=ui.PICK_KEY).select("A1").run()
+    next(b for b in at.button if b.label == "Re-admit to the caseload").click().run()
+    at.button[0].click().run()
+    assert caseload_ids(at)[:2] == ["A3", "A1"]
