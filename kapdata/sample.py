@@ -15,7 +15,14 @@ Timeline of one patient (days relative to the first dose, day 0):
 * integration: a score about every two weeks, days 1..84 after the last session;
 * follow-up: about 3 and 6 months after the last session (day > 84).
 
-Nothing is dated after ``as_of``: the newest patients are censored mid-dosing or mid-integration.
+Enrolment is staggered up to ``as_of`` (a growing service) and nothing is dated after it, so on its last
+day the cohort has patients in every current phase: preparation (baseline done, first dose still ahead —
+up to three weeks after ``as_of`` — or never started), dosing, integration and follow-up. Few drop out
+of integration, so most patients in it are not overdue for a questionnaire.
+
+Trajectories are tuned to the naturalistic KAP literature: among PHQ-9 completers at the latest score,
+about 54% respond (>= 50% reduction) and, of those with a baseline in the clinical range, about 29% remit
+(McInnes et al. 2022: 53.6% / 28.9%). Most PHQ-9 baselines are moderate to severe (>= 10).
 """
 
 from __future__ import annotations
@@ -77,7 +84,14 @@ SIDE_EFFECT_P: tuple[float, ...] = (0.09, 0.015, 0.07, 0.05, 0.0, 0.035, 0.06, 0
 # Trajectory types (index into TRAJECTORY_P).
 EARLY, DELAYED, NON, WORSE = 0, 1, 2, 3
 TRAJECTORY_NAMES: tuple[str, ...] = ("early responder", "delayed responder", "non-responder", "worsens")
-TRAJECTORY_P: tuple[float, ...] = (0.35, 0.20, 0.38, 0.07)
+TRAJECTORY_P: tuple[float, ...] = (0.50, 0.22, 0.23, 0.05)
+
+#: Share of the baseline a responder loses by the end of dosing (early) or integration (delayed).
+RESPONSE_DEPTH: tuple[float, float] = (0.50, 0.90)
+EXTRA_DEPTH: tuple[float, float] = (0.0, 0.10)  # early responders' further gain during integration
+NON_RESPONSE_DEPTH: tuple[float, float] = (-0.10, 0.25)
+P_RELAPSE = 0.25  # responders who lose part of their gain in follow-up
+RELAPSE_SIZE: tuple[float, float] = (0.05, 0.25)  # share of the baseline regained by 6 months
 
 P_NO_DOSING = 0.08  # drop out before the first dose
 P_BASELINE_ON_FIRST_DOSE = 0.30
@@ -88,9 +102,10 @@ INTEGRATION_DAYS: tuple[int, ...] = (14, 28, 42, 56, 70, 84)
 FOLLOW_UP_DAYS: tuple[int, ...] = (91, 182)
 INTEGRATION_WINDOW = 84
 ENROLMENT_SPAN_DAYS = 730  # first doses spread over about two years before as_of
+FUTURE_DOSE_DAYS = 21  # the newest patients are still in preparation: first dose up to 3 weeks after as_of
 #: Post-dosing assessment slots attended (integration then follow-up) before dropping out: 0..8.
-#: About half complete integration (>= 6); fewer reach follow-up.
-ATTENDED_P: tuple[float, ...] = (0.10, 0.08, 0.08, 0.08, 0.08, 0.08, 0.10, 0.10, 0.30)
+#: About two thirds complete integration (>= 6); fewer reach follow-up.
+ATTENDED_P: tuple[float, ...] = (0.05, 0.04, 0.05, 0.05, 0.06, 0.08, 0.12, 0.15, 0.40)
 P_MISSED_VISIT = 0.08  # an assessment skipped without dropping out
 P_MISSED_INSTRUMENT = 0.04  # one questionnaire skipped at a visit that happened
 P_PCL5_NON_PTSD = 0.10
@@ -251,8 +266,18 @@ def generate(n_patients: int, seed: int = 0, as_of: datetime.date = AS_OF_DEFAUL
 
     # ---- timeline -------------------------------------------------------------------------------
     as_of_day = (as_of - _EPOCH).days
-    # More recent first doses are more frequent (a growing service); none after as_of.
-    first_day = as_of_day - np.floor(ENROLMENT_SPAN_DAYS * rng.random(n) ** 1.25).astype(np.int64)
+    # Assessment slots (days from the first dose): preparation, dosing, integration, follow-up.
+    n_prep = _categorical(rng, (0.35, 0.40, 0.25), n) + 1
+    prep_last = np.where(rng.random(n) < P_BASELINE_ON_FIRST_DOSE, 0, rng.integers(1, 8, n))
+    prep_gaps = rng.integers(3, 8, (n, PREP_SLOTS - 1))
+    prep_off = -(
+        prep_last[:, None] + np.concatenate([np.zeros((n, 1), np.int64), np.cumsum(prep_gaps, 1)], 1)
+    )
+    # More recent first doses are more frequent (a growing service). Enrolment runs up to as_of: the
+    # newest patients' first dose is still ahead (up to FUTURE_DOSE_DAYS after as_of), but their first
+    # preparation questionnaire is not, so everyone enrolled has a baseline on or before as_of.
+    back = np.floor((ENROLMENT_SPAN_DAYS + FUTURE_DOSE_DAYS) * rng.random(n) ** 1.25).astype(np.int64)
+    first_day = np.minimum(as_of_day + FUTURE_DOSE_DAYS - back, as_of_day - prep_off[rows, n_prep - 1])
     traj = _categorical(rng, TRAJECTORY_P, n)
     starts = rng.random(n) >= P_NO_DOSING
     planned_k = _categorical(rng, (0.10, 0.15, 0.45, 0.15, 0.15), n) + 4  # 4..8 sessions
@@ -269,14 +294,9 @@ def generate(n_patients: int, seed: int = 0, as_of: datetime.date = AS_OF_DEFAUL
     last_off = sess_off[rows, k - 1]  # last session (after stopping early); integration counts from here
     sess_valid = starts[:, None] & (j[None, :] < k[:, None]) & (first_day[:, None] + sess_off <= as_of_day)
 
-    # Assessment slots (days from the first dose): preparation, dosing, integration, follow-up.
-    n_prep = _categorical(rng, (0.35, 0.40, 0.25), n) + 1
-    prep_last = np.where(rng.random(n) < P_BASELINE_ON_FIRST_DOSE, 0, rng.integers(1, 8, n))
-    prep_gaps = rng.integers(3, 8, (n, PREP_SLOTS - 1))
-    prep_off = -(
-        prep_last[:, None] + np.concatenate([np.zeros((n, 1), np.int64), np.cumsum(prep_gaps, 1)], 1)
+    prep_valid = (np.arange(PREP_SLOTS)[None, :] < n_prep[:, None]) & (
+        first_day[:, None] + prep_off <= as_of_day
     )
-    prep_valid = np.arange(PREP_SLOTS)[None, :] < n_prep[:, None]
 
     # Dosing scores: at the first session on or after each weekly mark, and at the last session.
     given = j[None, :] < k[:, None]
@@ -331,11 +351,11 @@ def generate(n_patients: int, seed: int = 0, as_of: datetime.date = AS_OF_DEFAUL
 
     # ---- trajectories ---------------------------------------------------------------------------
     # Multiplier of the baseline: 1 - cd*pd - ci*pi + cf*pf; worseners add points instead.
-    r = rng.uniform(0.50, 0.72, n)
+    r = rng.uniform(*RESPONSE_DEPTH, n)
     a = rng.uniform(0.0, 0.15, n)
-    extra = rng.uniform(0.0, 0.10, n)
-    r_non = rng.uniform(-0.10, 0.25, n)
-    relapse = np.where(rng.random(n) < 0.30, rng.uniform(0.10, 0.35, n), 0.0)
+    extra = rng.uniform(*EXTRA_DEPTH, n)
+    r_non = rng.uniform(*NON_RESPONSE_DEPTH, n)
+    relapse = np.where(rng.random(n) < P_RELAPSE, rng.uniform(*RELAPSE_SIZE, n), 0.0)
     cd = np.select([traj == EARLY, traj == DELAYED, traj == NON], [r, a, r_non / 2], 0.0)
     ci = np.select([traj == EARLY, traj == DELAYED, traj == NON], [extra, r - a, r_non / 2], 0.0)
     cf = np.where((traj == EARLY) | (traj == DELAYED), relapse, 0.0)

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from kapdata import db, ingest, patient, sample
 from kapdata import instruments as reg
-from kapdata import sample
 
 N = 2000
 AS_OF = sample.AS_OF_DEFAULT
@@ -66,6 +66,15 @@ def phased(cohort: sample.Cohort, span: pd.DataFrame) -> pd.DataFrame:
     )
     s["days_after_last"] = day
     return s
+
+
+@pytest.fixture(scope="module")
+def loaded(cohort: sample.Cohort, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The cohort loaded into a database through the ordinary import, on its last day."""
+    folder = tmp_path_factory.mktemp("sampledb")
+    path = folder / "kap.duckdb"
+    ingest.load_files(sample.write_cohort(cohort, folder / "csv"), path, today=AS_OF)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -245,10 +254,24 @@ def test_most_patients_who_finish_dosing_have_four_to_eight_sessions(span: pd.Da
 
 
 def test_some_patients_never_start_dosing(cohort: sample.Cohort, span: pd.DataFrame) -> None:
-    share = 1 - len(span) / N
+    enrolled = cohort.scores.groupby("patient_id").assessed_on.min()
+    settled = enrolled[enrolled < pd.Timestamp(AS_OF) - pd.Timedelta(days=60)]  # long past preparation
+    share = 1 - settled.index.isin(span.index).mean()
     assert 0.04 < share < 0.13
     never = set(cohort.patients.patient_id) - set(span.index)
     assert set(cohort.scores.patient_id[cohort.scores.patient_id.isin(never)]) == never
+
+
+def test_newest_patients_are_in_preparation_with_a_baseline(
+    cohort: sample.Cohort, span: pd.DataFrame
+) -> None:
+    enrolled = cohort.scores.groupby("patient_id").assessed_on.min()
+    recent = enrolled[enrolled > pd.Timestamp(AS_OF) - pd.Timedelta(days=21)]
+    waiting = recent[~recent.index.isin(span.index)]  # enrolled in the last three weeks, no dose yet
+    assert len(waiting) > 0.02 * N
+    phq = cohort.scores[cohort.scores.instrument == "PHQ-9"]
+    assert waiting.index.isin(phq.patient_id).all()  # baseline done
+    assert enrolled.max() >= pd.Timestamp(AS_OF) - pd.Timedelta(days=3)  # enrolment runs to the last day
 
 
 def test_session_route_is_the_patients_route(cohort: sample.Cohort) -> None:
@@ -378,7 +401,7 @@ def test_integration_and_follow_up_are_reached_by_fewer_patients(
     completed = integration.patient_id[integration.days_after_last >= 70].nunique() / len(done)
     follow_up = post.patient_id[post.phase == "follow-up"].nunique() / len(done)
     six_months = post.patient_id[post.days_after_last > 150].nunique() / len(done)
-    assert 0.35 < completed < 0.65
+    assert 0.5 < completed < 0.8  # most complete integration (few are overdue in it)
     assert 0.2 < follow_up < completed
     assert 0.1 < six_months < follow_up
     assert post.days_after_last.max() <= 200
@@ -434,3 +457,47 @@ def test_scores_improve_on_average_after_dosing(phased: pd.DataFrame) -> None:
     means = phased.groupby(["instrument", "phase"]).total.mean().unstack()
     assert (means["integration"] < means["dosing"]).all()
     assert (means["dosing"] < means["preparation"]).all()
+
+
+# ---- the cohort as the dashboard sees it -------------------------------------------------------
+
+
+def test_on_its_last_day_the_cohort_has_patients_in_every_current_phase(loaded: Path) -> None:
+    with db.reader(loaded) as con:
+        caseload = patient.caseload(con, today=AS_OF)
+    assert len(caseload) == N
+    shares = caseload.phase.value_counts(normalize=True)
+    assert set(shares.index) == {"preparation", "dosing", "integration", "follow-up"}
+    assert (shares > 0.04).all()
+    overdue = caseload.groupby("phase").flag_overdue.mean()
+    assert overdue["integration"] < 0.15  # mostly not overdue
+    assert overdue["dosing"] < 0.05
+
+
+def test_phq9_completer_response_and_remission_match_the_literature(loaded: Path) -> None:
+    """McInnes 2022: 53.6% response, 28.9% remission among completers at the latest score."""
+    with db.reader(loaded) as con:
+        row = con.execute(
+            """SELECT count(*), avg(CAST(response AS INTEGER)), count(remission),
+                      avg(CAST(remission AS INTEGER)), avg(CAST(baseline >= 10 AS INTEGER))
+               FROM outcomes
+               WHERE phase = 'latest' AND instrument = 'PHQ-9'
+                 AND baseline IS NOT NULL AND endpoint IS NOT NULL"""
+        ).fetchone()
+    assert row is not None
+    completers, response, with_clinical_baseline, remission, clinical_baseline = row
+    assert completers > 0.75 * N
+    assert abs(100 * response - 53.6) <= 6
+    assert abs(100 * remission - 28.9) <= 6
+    assert with_clinical_baseline < completers  # remission is only defined from a clinical-range baseline
+    assert clinical_baseline > 0.85  # mostly moderate to severe
+
+
+def test_baseline_is_within_the_baseline_window_before_the_first_dose(loaded: Path) -> None:
+    with db.reader(loaded) as con:
+        row = con.execute(
+            """SELECT count(*), count(*) FILTER (WHERE d.first_session - o.baseline_on BETWEEN 0 AND 90)
+               FROM outcomes o JOIN patient_dosing d USING (patient_id)
+               WHERE o.phase = 'latest' AND o.baseline IS NOT NULL"""
+        ).fetchone()
+    assert row is not None and row[0] > 0 and row[0] == row[1]
