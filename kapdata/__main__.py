@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patients", type=int, required=True, metavar="N")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--end", metavar="YYYY-MM-DD", help="the cohort's last day (default 2026-11-01)")
 
     p = sub.add_parser("settings", help="show or change the settings (integration window, thresholds, ...)")
     _db_arg(p)
@@ -225,7 +226,11 @@ def cmd_sample(a: argparse.Namespace) -> int:
 
     if a.patients < 1:
         raise CliError("--patients must be at least 1", 2)
-    paths = sample.write_sample(a.patients, a.out, seed=a.seed)
+    try:
+        end = dt.date.fromisoformat(a.end) if a.end else sample.AS_OF_DEFAULT
+    except ValueError:
+        raise CliError(f"--end {a.end!r}: give a date as YYYY-MM-DD", 2) from None
+    paths = sample.write_sample(a.patients, a.out, seed=a.seed, as_of=end)
     for p in paths:
         print(p)
     return 0

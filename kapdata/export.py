@@ -262,7 +262,8 @@ def _long_sql(spec: ExportSpec) -> str:
     dates = "s.assessed_on, " if spec.dates == "calendar" else ""
     n_items = max((reg.BY_CODE[c].n_items for c in spec.instruments or reg.BY_CODE), default=0)
     items = "".join(f", s.items[{i}] AS item_{i}" for i in range(1, n_items + 1)) if spec.items else ""
-    return f"""SELECT s.patient_id, {_qi_sql(spec)}s.instrument, s.phase, s.day, {dates}s.total{items},
+    total = f"{dates}s.total, s.prorated{items}"
+    return f"""SELECT s.patient_id, {_qi_sql(spec)}s.instrument, s.phase, s.day, {total},
                {_ORDER_S} AS _s1, s.assessed_at AS _s2
         FROM scores_phased s JOIN pairs USING (patient_id, instrument) SEMI JOIN eligible USING (patient_id)
         JOIN patients p USING (patient_id)
@@ -273,6 +274,7 @@ def _wide_sql(spec: ExportSpec) -> str:
     calendar = spec.dates == "calendar"
     cols = [
         "any_value(o.baseline) AS baseline",
+        "any_value(o.baseline_prorated) AS baseline_prorated",
         "any_value(CAST(o.baseline_on - d.first_session AS INTEGER)) AS baseline_day",
     ]
     if calendar:
@@ -281,6 +283,7 @@ def _wide_sql(spec: ExportSpec) -> str:
         name = phase.replace("-", "_")
         where = f" FILTER (WHERE o.phase = '{phase}')"
         cols.append(f"any_value(o.endpoint){where} AS {name}")
+        cols.append(f"any_value(o.endpoint_prorated){where} AS {name}_prorated")
         cols.append(f"any_value(CAST(o.endpoint_on - d.first_session AS INTEGER)){where} AS {name}_day")
         if calendar:
             cols.append(f"any_value(o.endpoint_on){where} AS {name}_on")
@@ -302,6 +305,8 @@ def _outcomes_sql(spec: ExportSpec) -> str:
             cols.append("CAST(o.endpoint_on - d.first_session AS INTEGER) AS endpoint_day")
         elif col == "pct_change":
             cols.append("round(o.pct_change, 6) AS pct_change")
+        elif col in ("baseline", "endpoint"):
+            cols.append(f"o.{col}, o.{col}_prorated")  # the outcomes table's mark of a prorated total
         else:
             cols.append(f"o.{col}")
     return f"""SELECT o.patient_id, {", ".join(cols)}, {_ORDER_O} AS _s1,
@@ -476,6 +481,12 @@ class _DocContext:
         """``fmt`` filled in for each exported scale from the thresholds in force."""
         return _join([f"{i.code} " + fmt.format(**self.thresholds.get(i.code, {})) for i in self.instruments])
 
+    def sourced(self, fmt: str, key: str) -> str:
+        """:meth:`per_scale`, then where each scale's default for threshold ``key`` comes from (the
+        registry's ``threshold_sources``, as on the definitions page)."""
+        sources = _join([f"{i.code} default: {i.threshold_sources.get(key, '')}" for i in self.instruments])
+        return _join([self.per_scale(fmt), sources])
+
 
 def _doc(col: str, ctx: _DocContext) -> tuple[str, str, str]:
     """(description, allowed values or unit, source or LOINC) of one exported column."""
@@ -484,6 +495,13 @@ def _doc(col: str, ctx: _DocContext) -> tuple[str, str, str]:
     qi = "quasi-identifier (counted in the manifest's k-anonymity report)"
     ranges = _join([f"{i.code} {i.total_min}–{i.total_max}" for i in insts])
     totals = _join([f"{i.code} total LOINC {i.loinc_total}" for i in insts])
+    prorated_doc = (
+        "Whether {what} was prorated: 1–2 of the questionnaire's item answers were missing and the total is "
+        "the mean of the answered items times the number of items, rounded to the nearest whole number "
+        "(PHQ-9 and GAD-7 only; PCL-5 totals are never prorated)",
+        "true, false" + ("" if ctx.spec.shape == "long" else ", empty"),
+        "NHS Data Dictionary / NHS Talking Therapies rule for PHQ-9 and GAD-7 (applied on import)",
+    )
     simple: dict[str, tuple[str, str, str]] = {
         "patient_id": (
             "Patient key for this export only: assigned in a random order from a secret that is not saved, "
@@ -510,6 +528,12 @@ def _doc(col: str, ctx: _DocContext) -> tuple[str, str, str]:
             ranges,
             totals,
         ),
+        "prorated": (
+            prorated_doc[0].format(what="the total") + "; the missing items are empty",
+            *prorated_doc[1:],
+        ),
+        "baseline_prorated": (prorated_doc[0].format(what="the baseline"), *prorated_doc[1:]),
+        "endpoint_prorated": (prorated_doc[0].format(what="the endpoint"), *prorated_doc[1:]),
         "baseline_day": (f"Day of the baseline: {day_rule}", "days", "sessions file"),
         "baseline_on": (
             "Calendar date of the baseline (calendar dates were asked for)",
@@ -555,11 +579,16 @@ def _doc(col: str, ctx: _DocContext) -> tuple[str, str, str]:
             "outcomes view",
         ),
         "recovery": (
-            "Baseline in the clinical range and endpoint below it",
+            "Recovery (NHS Talking Therapies, per scale): baseline in the clinical range and endpoint below "
+            "it; empty when the baseline is below the clinical range or missing",
             "true, false, empty",
-            ctx.per_scale("clinical range ≥ {caseness}"),
+            _join([ctx.sourced("clinical range ≥ {caseness}", "caseness"), reg.NHS_TALKING_THERAPIES]),
         ),
-        "reliable_recovery": ("Recovery and reliable improvement", "true, false, empty", "outcomes view"),
+        "reliable_recovery": (
+            "Recovery and reliable improvement; empty when recovery is",
+            "true, false, empty",
+            reg.NHS_TALKING_THERAPIES,
+        ),
         "dose_mg": ("Ketamine dose", "mg", "sessions file"),
         "dose_mg_per_kg": ("Ketamine dose by body weight", "mg/kg", "sessions file"),
         "bp_sys_pre": ("Systolic blood pressure before dosing", "mmHg", "sessions file"),
@@ -602,24 +631,26 @@ def _doc(col: str, ctx: _DocContext) -> tuple[str, str, str]:
     metric_docs: dict[str, tuple[str, str, str]] = {
         "change": ("Endpoint − baseline (negative is better)", "points", "outcomes view"),
         "response": (
-            "Response: reduction from baseline of at least the scale's percentage",
+            "Response: reduction from baseline of at least the scale's percentage; empty unless the baseline "
+            "is above 0",
             "true, false, empty",
-            ctx.per_scale("≥ {response_pct}% reduction"),
+            ctx.sourced("≥ {response_pct}% reduction", "response_pct"),
         ),
         "remission": (
-            "Remission: endpoint below the scale's cut-off",
+            "Remission: endpoint below the scale's cut-off; empty unless the baseline is in the clinical "
+            "range",
             "true, false, empty",
-            ctx.per_scale("endpoint < {remission_below}"),
+            ctx.sourced("endpoint < {remission_below}", "remission_below"),
         ),
         "reliable_improvement": (
-            "Reliable improvement: change ≤ −RC (Jacobson–Truax reliable change)",
+            "Reliable improvement: change ≤ −RC (RC: the scale's published reliable-change value)",
             "true, false, empty",
-            ctx.per_scale("RC {reliable_change} points"),
+            ctx.sourced("RC {reliable_change} points", "reliable_change"),
         ),
         "reliable_deterioration": (
-            "Reliable deterioration: change ≥ +RC (Jacobson–Truax reliable change)",
+            "Reliable deterioration: change ≥ +RC (RC: the scale's published reliable-change value)",
             "true, false, empty",
-            ctx.per_scale("RC {reliable_change} points"),
+            ctx.sourced("RC {reliable_change} points", "reliable_change"),
         ),
     }
     if col in simple:
@@ -636,6 +667,7 @@ def _doc(col: str, ctx: _DocContext) -> tuple[str, str, str]:
             base = {
                 "day": simple["endpoint_day"],
                 "on": simple["endpoint_on"],
+                "prorated": simple["endpoint_prorated"],
             }.get(rest) or metric_docs[rest]
             return (f"{phase.capitalize()}: {base[0][0].lower()}{base[0][1:]}", base[1], base[2])
     raise KeyError(f"no data dictionary entry for column {col!r}")

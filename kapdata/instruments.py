@@ -2,7 +2,12 @@
 
 Adding a scale is a data change in this file only: append an :class:`Instrument` to ``INSTRUMENTS``.
 The registry is written into the database (table ``instruments``) so that SQL views join the
-thresholds instead of repeating them; the settings page (later) overrides the thresholds there.
+thresholds instead of repeating them; the settings page overrides the thresholds there.
+
+Every default threshold names where it comes from in ``threshold_sources`` (one entry per threshold:
+caseness, response_pct, remission_below, reliable_change): a publication listed in full in ``sources``, or
+the words "this product's convention" when no publication gives that number. The definitions page, the
+data dictionary and the README all show these texts, so they say the same thing.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ class Instrument:
     caseness_label: str
     response_pct: int  # response: reduction from baseline >= response_pct percent
     remission_below: int  # remission: endpoint < remission_below
-    reliable_change: int  # reliable change index in points (Jacobson-Truax, published rounded value)
+    reliable_change: int  # reliable change in points (a published value; see threshold_sources)
     safety_items: tuple[int, ...]  # an answer > 0 on any of these items flags the patient
     loinc_panel: str
     loinc_total: str
@@ -41,6 +46,8 @@ class Instrument:
     item_labels: tuple[str, ...] = ()
     sources: tuple[str, ...] = ()
     subscales: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    #: Where each default threshold comes from, keyed by THRESHOLD_KEYS; see the module docstring.
+    threshold_sources: dict[str, str] = field(default_factory=dict)
 
     @property
     def total_min(self) -> int:
@@ -66,6 +73,31 @@ def normalize_key(name: str) -> str:
     """``"phq 9"``, ``"PHQ-9"``, ``"Phq_9"`` → ``"PHQ9"``."""
     return re.sub(r"[^A-Za-z0-9]", "", name).upper()
 
+
+#: The per-scale thresholds that carry a source (the columns of the ``instruments`` table).
+THRESHOLD_KEYS: tuple[str, ...] = ("caseness", "response_pct", "remission_below", "reliable_change")
+#: Said of a threshold that no publication gives: the product chose it.
+CONVENTION = "this product's convention"
+
+NHS_TALKING_THERAPIES = (
+    "NHS Talking Therapies for anxiety and depression: the NHS Talking Therapies manual (NHS England) and "
+    "the annual reports' outcome definitions (NHS Digital): caseness PHQ-9 ≥ 10, GAD-7 ≥ 8; reliable "
+    "improvement a fall of ≥ 6 (PHQ-9) or ≥ 4 (GAD-7) points; recovery."
+)
+KROENKE_2001 = "Kroenke K, Spitzer RL, Williams JB. The PHQ-9. J Gen Intern Med 2001;16:606-13."
+SPITZER_2006 = (
+    "Spitzer RL, et al. A brief measure for assessing generalized anxiety disorder: the GAD-7. "
+    "Arch Intern Med 2006;166:1092-7."
+)
+NCPTSD = "National Center for PTSD. Using the PTSD Checklist for DSM-5 (PCL-5)."
+MARX_2022 = (
+    "Marx BP, Lee DJ, Norman SB, et al. Reliable and clinically significant change in the Clinician-"
+    "Administered PTSD Scale for DSM-5 and PTSD Checklist for DSM-5 among male veterans. Psychol Assess "
+    "2022;34:197-203."
+)
+#: The published results shown beside a clinic's (kapdata.benchmarks) use the same response and remission
+#: cut-offs for the PHQ-9 (and Hull et al. for the GAD-7); named here so a threshold can point to them.
+MCINNES_HULL = "the cut-off used by McInnes et al. 2022 and Hull et al. 2022 (published results)"
 
 PHQ9 = Instrument(
     code="PHQ-9",
@@ -109,12 +141,21 @@ PHQ9 = Instrument(
         "Feeling bad about yourself",
         "Trouble concentrating",
         "Moving/speaking slowly or restless",
-        "Thoughts of self-harm",
+        "Thoughts that you would be better off dead, or of hurting yourself",
     ),
     sources=(
-        "Kroenke K, Spitzer RL, Williams JB. The PHQ-9. J Gen Intern Med 2001;16:606-13.",
+        KROENKE_2001,
         "Löwe B, et al. Monitoring depression treatment outcomes with the PHQ-9. Med Care 2004;42:1194-201.",
+        NHS_TALKING_THERAPIES,
     ),
+    threshold_sources={
+        "caseness": "Kroenke 2001 (a total ≥ 10: 88% sensitivity and specificity for major depression); "
+        "also the caseness of NHS Talking Therapies for anxiety and depression",
+        "response_pct": f"{CONVENTION}: the usual ≥ 50% reduction in depression trials, {MCINNES_HULL}",
+        "remission_below": "Kroenke 2001: below the mild band (0–4 minimal); " + MCINNES_HULL,
+        "reliable_change": "NHS Talking Therapies for anxiety and depression: reliable improvement (6 "
+        "points), a published value, not a Jacobson–Truax index computed from this clinic's data",
+    },
 )
 
 GAD7 = Instrument(
@@ -157,11 +198,21 @@ GAD7 = Instrument(
         "Afraid something awful might happen",
     ),
     sources=(
-        "Spitzer RL, et al. A brief measure for assessing generalized anxiety disorder: the GAD-7. "
-        "Arch Intern Med 2006;166:1092-7.",
+        SPITZER_2006,
         "Toussaint A, et al. Sensitivity to change and minimal clinically important difference of the GAD-7. "
         "J Affect Disord 2020;265:395-401.",
+        NHS_TALKING_THERAPIES,
     ),
+    threshold_sources={
+        "caseness": "NHS Talking Therapies for anxiety and depression: caseness (GAD-7 ≥ 8); the severity "
+        "bands keep Spitzer 2006's line at 10 (moderate)",
+        "response_pct": f"{CONVENTION}: ≥ 50% reduction, as for the PHQ-9; the cut-off used by Hull et al. "
+        "2022 (published results)",
+        "remission_below": "Spitzer 2006: below the mild band (0–4 minimal); the cut-off used by Hull et al. "
+        "2022 (published results)",
+        "reliable_change": "NHS Talking Therapies for anxiety and depression: reliable improvement (4 "
+        "points), a published value, not a Jacobson–Truax index computed from this clinic's data",
+    },
 )
 
 PCL5 = Instrument(
@@ -205,8 +256,19 @@ PCL5 = Instrument(
     sources=(
         "Blevins CA, et al. The PTSD Checklist for DSM-5 (PCL-5). J Trauma Stress 2015;28:489-98.",
         "Bovin MJ, et al. Psychometric properties of the PCL-5. Psychol Assess 2016;28:1379-91.",
-        "National Center for PTSD. Using the PTSD Checklist for DSM-5 (PCL-5).",
+        NCPTSD,
+        MARX_2022,
     ),
+    threshold_sources={
+        "caseness": "National Center for PTSD: a cut-point of 31–33 indicates probable PTSD (Bovin 2016); "
+        "the top of that range",
+        "response_pct": f"{CONVENTION}: no publication the registry cites gives a PCL-5 response percentage; "
+        "≥ 30% is this product's choice, not a validated threshold",
+        "remission_below": f"{CONVENTION}: no longer above the probable-PTSD cut-point (below 33)",
+        "reliable_change": "National Center for PTSD: a 5–10 point change is reliable (an estimate carried "
+        "over from the PCL for DSM-IV); 10 is the top of that range. Marx 2022 report a PCL-5 reliable "
+        "change index of 15–18 points in male veterans",
+    },
     subscales={
         "B": (1, 2, 3, 4, 5),
         "C": (6, 7),
@@ -240,7 +302,8 @@ def get(code: str) -> Instrument:
     return inst
 
 
-#: Jacobson & Truax (1991) reliable change: RC = 1.96 × SD × √(2 × (1 − r)).
+#: Jacobson & Truax (1991) reliable change: RC = 1.96 × SD × √(2 × (1 − r)). The concept the thresholds
+#: name; the default values themselves are the published ones of ``threshold_sources["reliable_change"]``.
 RELIABLE_CHANGE_FORMULA = "RC = 1.96 × SD₁ × √(2 × (1 − r))"
 RELIABLE_CHANGE_SOURCE = (
     "Jacobson NS, Truax P. Clinical significance: a statistical approach to defining meaningful change "

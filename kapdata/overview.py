@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
@@ -25,6 +25,9 @@ class Overview:
     patients_by_phase: pd.DataFrame  # phase, patients (by the phase of each patient's latest score)
     headline: list[dict[str, Any]]  # summary rows at the "latest" endpoint, one per instrument
     batches: int
+    #: The thresholds in force per scale (code → caseness, response_pct, remission_below, reliable_change),
+    #: so the tiles say which rule a rate uses and why its n can be smaller than the completers.
+    thresholds: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def overview(con: duckdb.DuckDBPyConnection) -> Overview:
@@ -51,6 +54,17 @@ def overview(con: duckdb.DuckDBPyConnection) -> Overview:
             ORDER BY list_position($phases, phase)""",
         {"phases": list(db.PHASES)},
     ).df()
+    thresholds = {
+        str(code): {
+            "caseness": int(c),
+            "response_pct": int(r),
+            "remission_below": int(m),
+            "reliable_change": int(rc),
+        }
+        for code, c, r, m, rc in con.execute(
+            "SELECT code, caseness, response_pct, remission_below, reliable_change FROM instruments"
+        ).fetchall()
+    }
     rank = {code: i for i, code in enumerate(reg.BY_CODE)}
     headline = sorted(
         (row for row in cohort.summary(con) if row["phase"] == "latest"), key=lambda r: rank[r["instrument"]]
@@ -67,4 +81,5 @@ def overview(con: duckdb.DuckDBPyConnection) -> Overview:
         patients_by_phase=current,
         headline=headline,
         batches=int(counts[7]),
+        thresholds=thresholds,
     )

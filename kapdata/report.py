@@ -318,10 +318,9 @@ def _definitions_html(view: pt.PatientView) -> str:
         + "</dd>"
         for d in entries
     )
-    sources = [s for i in reg.INSTRUMENTS for s in i.sources] + [
-        reg.RELIABLE_CHANGE_SOURCE,
-        defs.NHS_TT_SOURCE,
-    ]
+    sources = dict.fromkeys(  # each source once, in order (NHS Talking Therapies backs two scales)
+        [s for i in reg.INSTRUMENTS for s in i.sources] + [reg.RELIABLE_CHANGE_SOURCE, defs.NHS_TT_SOURCE]
+    )
     refs = "".join(f"<li>{_e(s)}</li>" for s in sources)
     return f"<dl>{items}</dl><h3>Sources</h3><ul>{refs}</ul>"
 

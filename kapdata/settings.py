@@ -162,7 +162,8 @@ THRESHOLDS: tuple[ThresholdSpec, ...] = (
         "Reliable change ≥",
         "points",
         "A change of at least this many points is reliable improvement (down) or reliable deterioration "
-        "(up): the Jacobson–Truax reliable change index.",
+        "(up): the scale's published reliable-change value (see Definitions: where each threshold comes "
+        "from).",
     ),
 )
 THRESHOLDS_BY_KEY: dict[str, ThresholdSpec] = {t.key: t for t in THRESHOLDS}

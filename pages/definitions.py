@@ -3,6 +3,7 @@
 import streamlit as st
 
 import kapui
+from kapdata import benchmarks
 from kapdata import definitions as defs
 from kapdata import instruments as reg
 from kapui import data
@@ -33,12 +34,25 @@ st.download_button(
     mime="text/markdown",
 )
 
+st.subheader("Settings in force")
+st.caption(
+    "The general settings the definitions below use, each beside its default; change them on the Settings "
+    "page."
+)
+st.dataframe(defs.settings_table(current).drop(columns=["key"]), hide_index=True, width="stretch")
+
 st.subheader("Phases of care")
 st.caption("Each questionnaire is placed in a phase from the patient's dosing sessions.")
 show(defs.phase_rules(current))
 
 st.subheader("Scales")
 st.table(defs.registry_table(current).set_index(""))
+st.markdown("**Where each threshold comes from**")
+st.caption(
+    "The source of each default: a publication listed in full under the scale's sources, or this product's "
+    "convention where no publication gives the number."
+)
+st.dataframe(defs.threshold_sources_table(current), hide_index=True, width="stretch")
 for inst in reg.INSTRUMENTS:
     with st.expander(f"{inst.code} items, LOINC codes and sources"):
         st.dataframe(defs.item_table(inst), hide_index=True, width="stretch")
@@ -54,12 +68,11 @@ with right:
     show(defs.cohort_definitions(current))
     st.subheader("Flags on a patient")
     show(defs.flag_definitions(current))
+    st.subheader("Dosing sessions")
+    show(defs.session_definitions())
 
 st.subheader("Published results from other studies")
-st.caption(
-    "Other studies' patients, for comparison only: not this clinic's data, and different settings, "
-    "populations and follow-up times."
-)
+st.caption(benchmarks.COMPARISON_NOTE)
 st.table(defs.benchmark_table().set_index("study"))
-for citation in dict.fromkeys(b.citation for b in defs.BENCHMARKS):
+for citation in defs.benchmark_citations():
     st.caption(citation)

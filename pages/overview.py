@@ -33,21 +33,33 @@ cols = st.columns(max(1, len(data.headline)))
 for col, row in zip(cols, data.headline, strict=False):
     inst = reg.get(row["instrument"])
     rates = row["rates"]["completers"]
+    rules = data.thresholds.get(inst.code) or {
+        "caseness": inst.caseness,
+        "response_pct": inst.response_pct,
+        "remission_below": inst.remission_below,
+    }
     with col.container(border=True):
         st.markdown(f"**{inst.code}** · {inst.construct}")
         st.metric(
             "Response",
             "–" if rates["response"]["rate"] is None else f"{100 * rates['response']['rate']:.0f}%",
-            help=f"≥ {inst.response_pct}% reduction from baseline.",
+            help=f"≥ {rules['response_pct']}% reduction from baseline, among completers with a baseline "
+            "above 0 (response is undefined for a baseline of 0).",
         )
-        st.caption(kapui.fmt_rate(rates["response"]))
+        st.caption(f"{kapui.fmt_rate(rates['response'])} · n: completers with a baseline above 0")
         st.metric(
             "Remission",
             "–" if rates["remission"]["rate"] is None else f"{100 * rates['remission']['rate']:.0f}%",
-            help=f"Latest score below {inst.remission_below}.",
+            help=f"Latest score below {rules['remission_below']}, among completers whose baseline was in the "
+            f"clinical range (total ≥ {rules['caseness']}); a patient who started below it cannot remit.",
         )
-        st.caption(kapui.fmt_rate(rates["remission"]))
-        st.caption(f"{row['completers']:,} completers of {row['patients_with_baseline']:,} with a baseline")
+        st.caption(
+            f"{kapui.fmt_rate(rates['remission'])} · n: completers with a baseline ≥ {rules['caseness']}"
+        )
+        st.caption(
+            f"{row['completers']:,} completers of {row['patients_with_baseline']:,} with a baseline. "
+            "k/n under each rate: n is the completers the rate is defined for, so it can be smaller."
+        )
 
 left, right = st.columns([3, 2])
 with left:

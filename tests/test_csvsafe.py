@@ -13,7 +13,7 @@ from kapdata import csvsafe
 def test_text_cells_that_start_like_a_formula_get_an_apostrophe(tmp_path: Path) -> None:
     frame = pd.DataFrame(
         {
-            "clinic": ["=HYPERLINK(\"http://x\")", "+1", "-2+3", "@SUM(A1)", "\tx", "\ry", "North", None],
+            "clinic": ['=HYPERLINK("http://x")', "+1", "-2+3", "@SUM(A1)", "\tx", "\ry", "North", None],
             "change": [-5, 3, -1, 0, 2, 1, -7, 4],
         }
     )
@@ -22,7 +22,7 @@ def test_text_cells_that_start_like_a_formula_get_an_apostrophe(tmp_path: Path) 
     with out.open(newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["clinic"] for r in rows] == [
-        "'=HYPERLINK(\"http://x\")",
+        '\'=HYPERLINK("http://x")',
         "'+1",
         "'-2+3",
         "'@SUM(A1)",

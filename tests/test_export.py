@@ -48,6 +48,7 @@ K-C3,2025-05-10,SL,200,,,,,,4,
 """
 # Phases (integration window 84 days): K-A1 first session 1 Mar, last 15 Mar; K-B2 1 Apr; K-C3 10 May;
 # K-D4 has no session, so every score is preparation with no day.
+# K-B2's follow-up PHQ-9 lacks item 9: 8 answers summing to 13 prorate to 13 / 8 x 9 = 14.6 -> 15.
 SCORES = """patient_id,instrument,assessed_on,total,item_1,item_2,item_3,item_4,item_5,item_6,item_7,item_8,\
 item_9
 K-A1,PHQ-9,2025-02-25,20,3,3,2,2,2,2,2,2,2
@@ -56,7 +57,7 @@ K-A1,PHQ-9,2025-04-20,8,,,,,,,,,
 K-A1,GAD-7,2025-02-25,12,,,,,,,,,
 K-A1,GAD-7,2025-04-20,4,,,,,,,,,
 K-B2,PHQ-9,2025-03-30,16,,,,,,,,,
-K-B2,PHQ-9,2025-09-01,15,,,,,,,,,
+K-B2,PHQ-9,2025-09-01,15,2,2,2,2,2,1,1,1,
 K-C3,PCL-5,2025-05-01,50,,,,,,,,,
 K-C3,PCL-5,2025-06-01,30,,,,,,,,,
 K-D4,PHQ-9,2025-01-10,9,,,,,,,,,
@@ -169,8 +170,10 @@ def test_wide_export_has_columns_of_chosen_endpoint_phases_only(fx_db: Path) -> 
         "patient_id",
         "instrument",
         "baseline",
+        "baseline_prorated",
         "baseline_day",
         "latest",
+        "latest_prorated",
         "latest_day",
         "latest_change",
         "latest_response",
@@ -179,8 +182,43 @@ def test_wide_export_has_columns_of_chosen_endpoint_phases_only(fx_db: Path) -> 
         "latest_reliable_deterioration",
     ]
     assert frame.loc[frame["patient_id"] == "P0004"].values.tolist() == [
-        ["P0004", "PHQ-9", "16", "-2", "15", "153", "-1", "false", "false", "false", "false"]
+        ["P0004", "PHQ-9", "16", "false", "-2", "15", "true", "153", "-1", "false", "false", "false", "false"]
     ]
+
+
+def test_prorated_totals_are_marked_in_the_long_and_outcomes_shapes(fx_db: Path) -> None:
+    """K-B2 (P0004) follow-up PHQ-9: items 1-8 sum to 13, item 9 missing: 13 / 8 x 9 = 14.6 -> 15."""
+    long = data_frame(build(fx_db, ex.ExportSpec()))
+    marked = long.loc[long["prorated"] == "true"]
+    assert marked[["patient_id", "phase", "total", "item_8", "item_9"]].values.tolist() == [
+        ["P0004", "follow-up", "15", "1", ""]
+    ]
+    assert set(long.loc[long["prorated"] != "true", "prorated"]) == {"false"}
+    outcomes = data_frame(build(fx_db, ex.ExportSpec(shape="outcomes")))
+    rows = outcomes.loc[outcomes["patient_id"] == "P0004"]
+    assert rows[["phase", "baseline_prorated", "endpoint", "endpoint_prorated"]].values.tolist() == [
+        ["dosing", "false", "", ""],
+        ["integration", "false", "", ""],
+        ["follow-up", "false", "15", "true"],
+        ["latest", "false", "15", "true"],
+    ]
+    assert set(outcomes.loc[outcomes["patient_id"] != "P0004", "endpoint_prorated"]) == {"false", ""}
+    parquet = data_frame(build(fx_db, ex.ExportSpec(file_format="parquet")))
+    assert str(parquet["prorated"].dtype) == "bool"
+    assert int(parquet["prorated"].sum()) == 1
+
+
+def test_dictionary_documents_the_prorated_columns(fx_db: Path) -> None:
+    for shape, columns in (("long", ["prorated"]), ("outcomes", ["baseline_prorated", "endpoint_prorated"])):
+        export = build(fx_db, ex.ExportSpec(shape=shape))
+        dictionary = pd.read_csv(
+            io.BytesIO(export.files[ex.DICTIONARY_FILE]), dtype=str, keep_default_na=False
+        )
+        rows = dictionary.set_index("column").loc[columns]
+        assert set(rows["type"]) == {"boolean"}
+        assert all("mean of the answered items times the number of items" in d for d in rows["description"])
+        assert all("PCL-5 totals are never prorated" in d for d in rows["description"])
+        assert all(r.startswith("NHS Data Dictionary") for r in rows["source_or_loinc"])
 
 
 def test_completers_only_keeps_scales_with_a_baseline_and_a_score_in_the_chosen_phase(fx_db: Path) -> None:
@@ -269,7 +307,14 @@ def test_calendar_dates_only_when_asked_and_the_manifest_says_so(fx_db: Path) ->
     wide = data_frame(build(fx_db, ex.ExportSpec(shape="wide", dates="calendar")))
     assert {"baseline_on", "dosing_on", "latest_on"} <= set(wide.columns)
     outcomes = data_frame(build(fx_db, ex.ExportSpec(shape="outcomes", dates="calendar")))
-    assert list(outcomes.columns[4:7]) == ["endpoint", "endpoint_on", "endpoint_day"]
+    assert list(outcomes.columns[3:9]) == [
+        "baseline",
+        "baseline_prorated",
+        "endpoint",
+        "endpoint_prorated",
+        "endpoint_on",
+        "endpoint_day",
+    ]
 
 
 def test_patient_keys_are_redrawn_for_every_export(fx_db: Path) -> None:
@@ -293,7 +338,7 @@ def test_csv_neutralises_formula_text_but_not_negative_numbers(fx_db: Path) -> N
     csv_text = build(fx_db, ex.ExportSpec(instruments=("PCL-5",), items=False)).files["data.csv"].decode()
     assert (
         csv_text.splitlines()[1]
-        == '"P0001","45-54","male","\'=South","PTSD","SL","PCL-5","preparation",-9,50'
+        == '"P0001","45-54","male","\'=South","PTSD","SL","PCL-5","preparation",-9,50,false'
     )
     parquet = data_frame(build(fx_db, ex.ExportSpec(instruments=("PCL-5",), file_format="parquet")))
     assert parquet["clinic"].iloc[0] == "=South"  # typed Parquet is not a spreadsheet: left as it is
@@ -376,7 +421,9 @@ def test_manifest_records_filters_counts_and_definitions_in_force(own_db: Path) 
     phq9 = next(r for r in m["definitions_in_force"]["instruments"] if r["code"] == "PHQ-9")
     assert (phq9["response_pct"], phq9["remission_below"], phq9["reliable_change"]) == (25, 5, 6)
     dictionary = pd.read_csv(io.BytesIO(export.files[ex.DICTIONARY_FILE]), dtype=str).set_index("column")
-    assert dictionary.loc["dosing_response", "source_or_loinc"] == "PHQ-9 ≥ 25% reduction"
+    assert dictionary.loc["dosing_response", "source_or_loinc"].startswith(
+        "PHQ-9 ≥ 25% reduction; PHQ-9 default: "
+    )
     # K-A1 (P0002 among K-D4, K-A1, K-B2) went 20 → 14 while dosing: a 30% reduction, a response at 25%.
     assert data_frame(export).set_index("patient_id").loc["P0002", "dosing_response"] == "true"
     assert m["k_anonymity"]["k"] == 1

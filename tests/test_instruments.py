@@ -46,7 +46,7 @@ def test_unknown_instrument():
     ),
     [
         ("PHQ-9", 9, 3, 27, 10, 50, 5, 6),
-        ("GAD-7", 7, 3, 21, 10, 50, 5, 4),
+        ("GAD-7", 7, 3, 21, 8, 50, 5, 4),
         ("PCL-5", 20, 4, 80, 33, 30, 33, 10),
     ],
 )
@@ -72,6 +72,7 @@ def test_ranges_and_thresholds(
 
 def test_phq9_item_9_is_the_only_safety_item():
     assert reg.PHQ9.safety_items == (9,)
+    assert reg.PHQ9.item_labels[8] == "Thoughts that you would be better off dead, or of hurting yourself"
     assert reg.GAD7.safety_items == () and reg.PCL5.safety_items == ()
     assert reg.MAX_ITEMS == 20
 
@@ -114,3 +115,20 @@ def test_loinc_codes():
 def test_codes_and_keys_are_unique():
     assert len({i.code for i in reg.INSTRUMENTS}) == len({i.key for i in reg.INSTRUMENTS}) == 3
     assert reg.normalize_key("phq 9") == "PHQ9"
+
+
+def test_gad7_caseness_is_nhs_but_its_severity_band_line_stays_at_10():
+    assert reg.GAD7.caseness == 8 and reg.GAD7.caseness_label == "clinical range (GAD-7 ≥ 8)"
+    assert reg.GAD7.band_of(9) == "mild" and reg.GAD7.band_of(10) == "moderate"
+
+
+@pytest.mark.parametrize("inst", reg.INSTRUMENTS, ids=lambda i: i.code)
+def test_every_default_threshold_has_a_source_in_the_registry(inst):
+    assert tuple(inst.threshold_sources) == reg.THRESHOLD_KEYS
+    assert all(text.strip() for text in inst.threshold_sources.values())
+
+
+def test_nhs_talking_therapies_is_a_source_of_the_phq9_and_gad7_only():
+    assert reg.NHS_TALKING_THERAPIES in reg.PHQ9.sources and reg.NHS_TALKING_THERAPIES in reg.GAD7.sources
+    assert reg.NHS_TALKING_THERAPIES not in reg.PCL5.sources
+    assert reg.MARX_2022 in reg.PCL5.sources

@@ -48,3 +48,24 @@ def test_overview_on_empty_database_says_so(tmp_path: Path, monkeypatch) -> None
     assert not at.exception, at.exception
     assert {m.label: m.value for m in at.metric}["Patients"] == "0"
     assert any("No outcomes yet" in i.value for i in at.info)
+
+
+def test_overview_tiles_say_which_patients_each_rate_is_on(app_env: Path) -> None:
+    at = run_app()
+    with db.reader(app_env) as con:
+        n_remission, n_response, completers = con.execute(
+            """SELECT count(*) FILTER (WHERE o.baseline >= i.caseness),
+                      count(*) FILTER (WHERE o.baseline > 0), count(*)
+               FROM outcomes o JOIN instruments i ON i.code = o.instrument
+               WHERE o.instrument = 'PHQ-9' AND o.phase = 'latest' AND o.endpoint IS NOT NULL"""
+        ).fetchone()
+    captions = [c.value for c in at.caption]
+    remission = next(c for c in captions if c.endswith("n: completers with a baseline ≥ 10"))
+    assert f"/{n_remission} ·" in remission
+    response = next(c for c in captions if c.endswith("n: completers with a baseline above 0"))
+    assert f"/{n_response} ·" in response
+    assert n_remission < completers  # the mismatch the caption explains
+    assert any(
+        c.startswith(f"{completers:,} completers of ") and "n is the completers the rate is defined for" in c
+        for c in captions
+    )
