@@ -19,6 +19,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from kapdata import cohort, csvsafe, db, stats
+from kapdata import definitions as defs
 from kapdata import instruments as reg
 from kapdata.charts import cohort as figs
 from kapdata.cohort import CohortFilter
@@ -295,7 +296,8 @@ def safety_section(rep: cohort.CohortReport, ctl: Controls) -> None:
     safe = cohort.safety_tables(rep, ctl.population)
     left, right = st.columns(2)
     with left:
-        st.markdown("**Self-harm item endorsed (PHQ-9 item 9 above 0)**")
+        st.markdown(f"**{defs.SAFETY_ITEM_TEXT}**")
+        st.caption("Only questionnaires that answered item 9 count, either way.")
         items = safe["items"]
         shown = rates_display(
             items, {"rate": "Patients endorsing"}, {"instrument": "Scale", "timepoint": "At"}
@@ -311,10 +313,13 @@ def safety_section(rep: cohort.CohortReport, ctl: Controls) -> None:
         )
         s = rep.sessions
         sys_bp, dia_bp = s.get("bp_sys_threshold") or 0, s.get("bp_dia_threshold") or 0
-        st.markdown(f"**Blood pressure above {sys_bp:.0f}/{dia_bp:.0f} mmHg** (before or after a dose)")
+        st.markdown(
+            f"**Blood pressure above {sys_bp:.0f}/{dia_bp:.0f} mmHg** (before or after a dose)",
+            help=defs.BP_SOURCE,
+        )
         bp = safe["blood_pressure"]
         table(rates_display(bp, {"rate": "Share"}, {"measure": "Measure"}), bp, "blood pressure")
-        st.markdown("**Dissociation during dosing (CADSS-6, 0–24)**")
+        st.markdown("**Dissociation during dosing (CADSS-6, 0–24)**", help=defs.DISSOCIATION_TEXT)
         st.caption(dissociation_text(s))
     with right:
         fx = safe["side_effects"]
@@ -331,8 +336,7 @@ def dissociation_text(s: dict[str, Any]) -> str:
     ci = "" if m.ci_low is None or m.ci_high is None else f" (95% CI {m.ci_low:.1f}–{m.ci_high:.1f})"
     return (
         f"Mean {m.mean or 0:.1f}{ci} over {n:,} of {int(s.get('sessions') or 0):,} sessions with a score "
-        "(CADSS-6: Rodrigues et al. 2021, a 6-item short form of the Clinician-Administered Dissociative "
-        "States Scale; higher is more dissociation)."
+        f"(higher is more dissociation). Source: {defs.CADSS6_SOURCE}"
     )
 
 

@@ -18,6 +18,7 @@ from kapdata import db, report, settings
 from kapdata import instruments as reg
 from kapdata import patient as pt
 from kapdata.cohort import CohortFilter
+from kapui import md_escape
 
 PARAM = "patient"
 PICK_KEY = "patient_pick"
@@ -251,7 +252,8 @@ def header_strip(view: pt.PatientView, defs: dict[str, str]) -> None:
     )
     with st.container(border=True):
         for col, (label, value, help_text) in zip(st.columns(len(items)), items, strict=True):
-            col.markdown(f":gray[{label}]  \n**{value}**", help=help_text)
+            # clinic, provider, route and condition come from the data file: escaped, shown as typed
+            col.markdown(f":gray[{label}]  \n**{md_escape(value)}**", help=help_text)
 
 
 def _ack_line(view: pt.PatientView, flag: str) -> str | None:
