@@ -97,7 +97,11 @@ def ensure_database(
     today: dt.date | None = None,
     shift_dates: bool | None = None,
 ) -> str:
-    """Create the database if needed; load the sample cohort into it when it holds no data yet.
+    """Create the database if needed, and load the sample cohort into it only when this call created it.
+
+    An existing database is never given the demo, even when it holds no data (every batch undone, or a
+    real database being set up): synthetic patients must not mix with a clinic's own. The demo's batches
+    are marked ``demo`` in the batch history. If loading the demo fails, the new file is removed again.
 
     ``shift_dates`` (default: only for the bundled demo, i.e. no ``sample_dir``) moves the sample's dates
     so its last one is ``today`` (default: the real today).
@@ -105,9 +109,27 @@ def ensure_database(
     folder = Path(sample_dir) if sample_dir else SAMPLE_DIR
     shift = (sample_dir is None) if shift_dates is None else shift_dates
     day = today or dt.date.today()
+    target = db.db_path(path)
+    created = not target.exists()
+    try:
+        return _create_or_check(target, created, folder, shift, day)
+    except BaseException:
+        if created:  # a half-made demo database is ours to remove; nothing else was in it
+            for leftover in (target, Path(str(target) + ".wal")):
+                leftover.unlink(missing_ok=True)
+        raise
+
+
+def _create_or_check(target: Path, created: bool, folder: Path, shift: bool, day: dt.date) -> str:
+    path = target
     with db.session(path) as con:
         if not db.is_empty(con):
             return f"{db.db_path(path)}: ready"
+        if not created:
+            return (
+                f"{db.db_path(path)}: ready, holds no data (the demo cohort is loaded only into a new "
+                "database; load your files)"
+            )
         files = [folder / name for name in SAMPLE_FILES if (folder / name).exists()]
         if not files:
             return f"{db.db_path(path)}: created, empty (no sample files in {folder})"
@@ -123,6 +145,8 @@ def ensure_database(
                 result = ingest.load_with_connection(con, shifted, today=day)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
+        batch_ids = [f.batch_id for f in result.files if f.batch_id is not None]
+        con.execute("UPDATE batches SET demo = true WHERE list_contains(?, batch_id)", [batch_ids])
     loaded = sum(f.rows_loaded for f in result.files)
     message = f"{db.db_path(path)}: created and loaded {loaded} sample rows from {folder}"
     if shift:

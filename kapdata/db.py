@@ -35,6 +35,7 @@ DEFAULT_SETTINGS: dict[str, float] = {
     "min_cell": 11,
     "baseline_max_days": 90,
     "dosing_complete_sessions": 4,
+    "k_anonymity_min": 5,
 }
 
 # Each migration takes the database from version i to i + 1. Never edit a released one: append.
@@ -117,6 +118,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             acknowledged_at TIMESTAMP NOT NULL,
             note VARCHAR
         )""",
+        # The bundled synthetic demo's batches are marked, so they are never mistaken for a clinic's data.
+        "ALTER TABLE batches ADD COLUMN demo BOOLEAN NOT NULL DEFAULT false",
         # GAD-7 caseness follows NHS Talking Therapies (8); 10 was the earlier default, not a clinic's choice.
         "UPDATE instruments SET caseness = 8 WHERE code = 'GAD-7' AND caseness = 10",
         # Discharged patients leave the caseload (by default) and stay in every outcome.

@@ -168,8 +168,7 @@ def test_the_temporary_folder_is_removed_after_loading_and_after_a_rejection(
     with pytest.raises(ingest.ImportRejected):
         bootstrap.ensure_database(tmp_path / "b.duckdb", bad, today=TODAY, shift_dates=True)
     assert not work.exists()
-    with db.reader(tmp_path / "b.duckdb") as con:
-        assert db.is_empty(con)
+    assert not (tmp_path / "b.duckdb").exists()  # the half-made demo database is removed
 
 
 def test_a_database_with_data_is_left_alone(demo: tuple[Path, str]) -> None:
@@ -177,3 +176,26 @@ def test_a_database_with_data_is_left_alone(demo: tuple[Path, str]) -> None:
     assert bootstrap.ensure_database(path, today=TODAY + dt.timedelta(days=30)) == f"{path}: ready"
     with db.reader(path) as con:
         assert con.execute("SELECT max(session_date) FROM sessions").fetchone() == (TODAY,)
+
+
+def test_the_demo_is_never_loaded_into_an_existing_database_even_an_empty_one(tmp_path: Path) -> None:
+    # Undo every batch of the demo, then start again: before, the 300 synthetic patients came back.
+    path = tmp_path / "kap.duckdb"
+    bootstrap.ensure_database(path, today=TODAY)
+    with db.reader(path) as con:
+        batches = [r[0] for r in con.execute("SELECT batch_id FROM batches WHERE demo").fetchall()]
+        assert len(batches) == 3 and con.execute(
+            "SELECT count(*) FROM batches WHERE NOT demo"
+        ).fetchone() == (0,)
+    for batch in batches:
+        ingest.undo_batch(batch, path)
+    message = bootstrap.ensure_database(path, today=TODAY)
+    assert "the demo cohort is loaded only into a new database" in message
+    with db.reader(path) as con:
+        assert db.is_empty(con)
+    real = tmp_path / "real.duckdb"
+    with db.session(real):
+        pass  # a database made by `load` or by hand, still empty
+    bootstrap.ensure_database(real, today=TODAY)
+    with db.reader(real) as con:
+        assert db.is_empty(con)

@@ -28,6 +28,7 @@ def test_session_creates_the_schema_seeds_registry_and_settings(db_file):
             "min_cell": 11,
             "baseline_max_days": 90,
             "dosing_complete_sessions": 4,
+            "k_anonymity_min": 5,
         }
         rows = con.execute(
             "SELECT code, n_items, item_max, total_max, caseness, response_pct, remission_below, "
@@ -175,6 +176,7 @@ def test_a_version_1_database_is_migrated_keeping_its_data(base_db):
     for view in ("outcomes_live", "score_points", "scores_phased"):
         con.execute(f"DROP VIEW IF EXISTS {view}")
     con.execute("ALTER TABLE scores DROP COLUMN prorated")
+    con.execute("ALTER TABLE batches DROP COLUMN demo")
     con.execute("UPDATE instruments SET caseness = 10 WHERE code = 'GAD-7'")
     con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     con.close()
@@ -183,4 +185,5 @@ def test_a_version_1_database_is_migrated_keeping_its_data(base_db):
         assert con.execute("SELECT count(*) FROM scores").fetchone() == before
         assert con.execute("SELECT count(*) FROM scores WHERE prorated").fetchone() == (0,)
         assert con.execute("SELECT count(*) FROM acknowledgements").fetchone() == (0,)
+        assert con.execute("SELECT count(*) FROM batches WHERE demo").fetchone() == (0,)
         assert con.execute("SELECT caseness FROM instruments WHERE code = 'GAD-7'").fetchone() == (8,)
