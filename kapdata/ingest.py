@@ -22,7 +22,7 @@ from typing import Literal
 import duckdb
 import pyarrow as pa
 
-from kapdata import db
+from kapdata import csvsafe, db
 from kapdata import instruments as reg
 
 Kind = Literal["patients", "sessions", "scores"]
@@ -84,6 +84,7 @@ REQUIRED: dict[Kind, tuple[str, ...]] = {
     "scores": ("patient_id", "instrument", "assessed_on"),
 }
 ITEM_COLUMN_RE = re.compile(r"^item_?(\d{1,3})$")
+_CONTRACT_NAMES = frozenset(c for cols in COLUMNS.values() for c in cols)
 
 #: Missing item answers, PHQ-9 and GAD-7 (the NHS Data Dictionary / NHS Talking Therapies rule; the same
 #: rule in Arrieta J, et al. J Clin Psychol 2017, doi:10.1002/jclp.22390: at most two missing answers,
@@ -97,26 +98,66 @@ ITEM_COLUMN_RE = re.compile(r"^item_?(\d{1,3})$")
 PRORATED_SCALES: tuple[str, ...] = ("PHQ-9", "GAD-7")
 PRORATE_MAX_MISSING = 2
 
-#: Column names that look like direct identifiers. The data must arrive anonymized.
-IDENTIFIER_PATTERNS: tuple[tuple[str, str], ...] = (
-    (r"^(first|last|given|family|full|middle|sur|patient|client|person|maiden)_?name$|^name$", "a name"),
-    (r"^(dob|birth_?date|date_of_birth|birthday|birth_day|born|born_on)$", "a birth date"),
+#: Limits checked before a file is read (README, "Reliability: limits and guarantees").
+MAX_COLUMNS = 100  # the widest contract file has 5 + 20 (PCL-5 items) columns
+MAX_HEADER_BYTES = 64 * 1024
+MAX_XLSX_BYTES = 10 * 1024 * 1024  # larger workbooks: save the sheet as CSV (read in seconds)
+#: The report lists at most this many errors; the rest are counted.
+MAX_PROBLEMS_LISTED = 1000
+#: Columns that may be present and are not loaded: the two a rejects file adds (so it can be reloaded).
+IGNORABLE_COLUMNS: tuple[str, ...] = ("_row", "_errors")
+EARLIEST_DATE = dt.date(1900, 1, 1)
+
+#: What a header that looks like a direct identifier holds, by the words in it. A header is split into
+#: words (``DateOfBirth`` → date, of, birth; ``pt_name`` → pt, name) and also squashed to its letters and
+#: digits (``Patient's Name`` → patientsname); either matching refuses the file.
+_IDENTIFIER_WORDS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
+    # (what, words that must equal a whole word, fragments found anywhere in the squashed header)
+    ("a name", ("initials", "initial", "alias", "nickname"), ("name",)),
+    ("a birth date", ("dob", "born", "bday"), ("birth", "dob")),
+    ("an e-mail address", ("mail",), ("email",)),
+    ("a phone number", ("tel", "cell", "fax", "mobile", "phone", "sms", "whatsapp"), ("phone", "mobile")),
     (
-        r"^(address|home_address|street|street_address|address_line_?\d?|city|zip|zip_?code|post_?code|"
-        r"postal_code)$",
         "an address",
+        ("addr", "address", "street", "city", "town", "zip", "postcode", "county", "ip"),
+        ("address", "street", "postcode", "zipcode", "postal"),
     ),
-    (r"^(phone|telephone|tel|mobile|phone_number|telephone_number|mobile_number|fax)$", "a phone number"),
-    (r"^(e_?mail|e_?mail_address)$", "an e-mail address"),
     (
-        r"^(ssn|social_security|social_security_number|sin|nhs_number|national_id)$",
         "a national identity number",
+        ("ssn", "sin", "nhs", "nino", "passport", "licence", "license", "chi"),
+        ("ssn", "socialsecurity", "nhsno", "nhsnum", "nationalid", "nationalinsurance", "passport"),
     ),
     (
-        r"^(mrn|medical_record|medical_record_number|medical_record_no|hospital_number)$",
         "a medical record number",
+        ("mrn",),
+        ("mrn", "medicalrecord", "hospitalnumber", "hospitalno", "chartnumber", "chartno"),
+    ),
+    (
+        "an insurance number",
+        ("medicare", "medicaid", "insurance", "insurer", "policy", "member"),
+        ("medicare", "medicaid", "insurance"),
+    ),
+    (
+        "a contact person",
+        ("guardian", "kin", "spouse", "parent", "caregiver", "carer", "relative"),
+        ("guardian", "emergency", "contact", "nextofkin"),
     ),
 )
+
+
+def identifier_kind(header: str) -> str | None:
+    """What a column header looks like if it names a direct identifier (``"a name"``), else None.
+    The contract's own columns never do."""
+    if normalize_header(header) in _CONTRACT_NAMES:
+        return None
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", str(header).strip()).lower()
+    words = set(re.findall(r"[a-z]+", spaced))
+    squashed = "".join(re.findall(r"[a-z0-9]", spaced))
+    for what, whole_words, fragments in _IDENTIFIER_WORDS:
+        if words & set(whole_words) or any(f in squashed for f in fragments):
+            return what
+    return None
+
 
 DATE_RE = r"^\d{4}-\d{2}-\d{2}([T ]([01]\d|2[0-3]):[0-5]\d(:[0-5]\d(\.\d+)?)?(Z|[+-]\d{2}(:?\d{2})?)?)?$"
 
@@ -197,6 +238,8 @@ class LoadResult:
     files: list[FileResult] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     committed: bool = False
+    unlisted_errors: int = 0  # row errors beyond the first MAX_PROBLEMS_LISTED: counted, not listed
+    error_rows: int | None = None  # rows with errors, listed or not (None: count the listed ones)
 
     @property
     def errors(self) -> list[Problem]:
@@ -209,12 +252,23 @@ class LoadResult:
             return "no errors"
         rows = {(p.file, p.row) for p in errors if p.row is not None}
         whole = {p.file for p in errors if p.row is None}
-        parts = [f"{len(rows)} row(s)"] if rows else []
+        n_rows = self.error_rows if self.error_rows else len(rows)
+        parts = [f"{n_rows} row(s)"] if n_rows else []
         parts += [f"{len(whole)} whole file(s)"] if whole else []
-        return f"{len(errors)} problem(s) in " + " and ".join(parts)
+        return f"{self.error_count} problem(s) in " + " and ".join(parts)
+
+    @property
+    def error_count(self) -> int:
+        """Every error, listed or not."""
+        return len(self.errors) + self.unlisted_errors
 
     def report(self) -> str:
         lines = [self.headline()] + [f"{p.severity}: {p}" for p in self.problems]
+        if self.unlisted_errors:
+            lines.append(
+                f"... and {self.unlisted_errors:,} more error(s) not listed "
+                f"(the first {MAX_PROBLEMS_LISTED:,} are listed)"
+            )
         return "\n".join(lines)
 
 
@@ -256,28 +310,195 @@ def normalize_header(name: str) -> str:
 
 
 class FileError(Exception):
-    """The file as a whole cannot be read or used."""
+    """The file as a whole cannot be read or used (the message is ours, in words; ``row`` if known)."""
+
+    def __init__(self, message: str, row: int | None = None) -> None:
+        super().__init__(message)
+        self.row = row
 
 
-def _read_raw(con: duckdb.DuckDBPyConnection, src: SourceFile, table: str) -> int:
+_CSV_SUFFIXES = (".csv", ".txt", ".tsv")
+_NOT_UTF8 = (
+    "the file is not UTF-8 text (the encoding is wrong): in Excel use Save As → 'CSV UTF-8', or re-save "
+    "the file as UTF-8"
+)
+
+
+def _delimiter(path: Path) -> str:
+    return "\t" if path.suffix.lower() == ".tsv" else ","
+
+
+def read_header(src: SourceFile) -> list[str]:
+    """The header row exactly as the file has it (duplicates kept), read without reading the data.
+    Refuses, before anything else is read, a header wider than ``MAX_COLUMNS`` or longer than
+    ``MAX_HEADER_BYTES``, an xlsx larger than ``MAX_XLSX_BYTES`` and a header that is not UTF-8."""
+    import csv
+    import io
+
+    path = src.path
+    suffix = path.suffix.lower()
+    if not path.exists():
+        raise FileError("file not found")
+    size = path.stat().st_size
+    if size == 0:
+        raise FileError("the file is empty")
+    names: list[str]
+    if suffix in _CSV_SUFFIXES:
+        with open(path, "rb") as f:
+            head = f.read(MAX_HEADER_BYTES + 1)
+        if head.startswith(b"\xef\xbb\xbf"):
+            head = head[3:]
+        line_end = head.find(b"\n")
+        if line_end < 0 and len(head) > MAX_HEADER_BYTES:
+            raise FileError(
+                f"the header row is longer than {MAX_HEADER_BYTES // 1024} KB: this is not a data file"
+            )
+        line = head if line_end < 0 else head[:line_end]
+        if b"\x00" in line:
+            raise FileError("the file holds binary data, not text: save it as CSV (UTF-8)")
+        try:
+            text = line.decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError:
+            raise FileError(_NOT_UTF8, row=1) from None
+        try:
+            names = next(csv.reader(io.StringIO(text), delimiter=_delimiter(path)), [])
+        except csv.Error:
+            raise FileError(
+                "the header row has a quoting problem (a double quote that never closes)", row=1
+            ) from None
+        if len(names) == 1 and (";" in text or "\t" in text or "|" in text):
+            sep = ";" if ";" in text else ("a tab" if "\t" in text else "|")
+            raise FileError(
+                f"the header is one column: the file seems to use {sep} between values; save it "
+                "comma-separated (CSV)",
+                row=1,
+            )
+    elif suffix in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        try:
+            meta = pq.read_metadata(path)
+            if meta.num_columns > MAX_COLUMNS:
+                names = [""] * meta.num_columns
+            else:
+                names = list(pq.read_schema(path).names)
+        except Exception:
+            raise FileError("cannot be read as Parquet: the file is damaged or not a Parquet file") from None
+    elif suffix == ".xlsx":
+        if size > MAX_XLSX_BYTES:
+            raise FileError(
+                f"the workbook is {size / 1e6:.1f} MB; workbooks up to {MAX_XLSX_BYTES // (1024 * 1024)} MB "
+                "are read: save the sheet as CSV (UTF-8) and load that instead"
+            )
+        try:
+            import openpyxl
+
+            book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+            try:
+                sheet = book.worksheets[0]
+                first = next(sheet.iter_rows(min_row=1, max_row=1, values_only=True), ())
+                names = ["" if v is None else str(v) for v in first]
+            finally:
+                book.close()
+        except Exception:
+            raise FileError(
+                "cannot be read as xlsx: the workbook is damaged, protected or not an Excel file"
+            ) from None
+        while names and names[-1] == "":
+            names.pop()  # trailing empty header cells: pandas drops those columns too
+    else:
+        raise FileError(f"unsupported file type {suffix or '(none)'}: use .csv, .parquet or .xlsx")
+    if len(names) > MAX_COLUMNS:
+        raise FileError(
+            f"the file has {len(names):,} columns; at most {MAX_COLUMNS} are read (the contract has fewer "
+            "than 30)",
+            row=1 if suffix != ".parquet" else None,
+        )
+    return names
+
+
+def _diagnose_csv(path: Path, n_columns: int) -> FileError:
+    """Why DuckDB could not read a CSV file, in words (its own message names our temp path and internals)."""
+    import codecs
+    import csv
+    import io
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    with open(path, "rb") as f:
+        try:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                if b"\x00" in chunk:
+                    return FileError("the file holds binary data, not text: save it as CSV (UTF-8)")
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            return FileError(_NOT_UTF8)
+    text = io.StringIO(path.read_bytes().decode("utf-8-sig"), newline="")
+    reader = csv.reader(text, delimiter=_delimiter(path), strict=True)
+    row = 0
+    try:
+        for row, record in enumerate(reader, start=1):
+            if record and len(record) != n_columns:
+                more = "more" if len(record) > n_columns else "fewer"
+                return FileError(
+                    f"row {row} has {len(record)} fields, {more} than the {n_columns} columns of the header: "
+                    "a value holding a comma must be in double quotes, and every row needs one field per "
+                    "column",
+                    row=row,
+                )
+    except csv.Error:
+        return FileError(
+            f"quoting problem at row {row + 1}: a double quote opens a value that never closes, or a quote "
+            'inside a quoted value is not doubled ("")',
+            row=row + 1,
+        )
+    return FileError(
+        "cannot be read as CSV: the layout (delimiter, quoting or line endings) is not standard "
+        "comma-separated text; save it from a spreadsheet as CSV (UTF-8)"
+    )
+
+
+def _quote_ident(name: str) -> str:
+    """A column name from a file as a quoted SQL identifier (identifiers cannot be parameters)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _read_raw(con: duckdb.DuckDBPyConnection, src: SourceFile, table: str, n_columns: int) -> int:
     """Load the file into temp table ``table`` with every cell as text; return the row offset."""
     suffix = src.path.suffix.lower()
-    if not src.path.exists():
-        raise FileError("file not found")
-    if src.path.stat().st_size == 0:
-        raise FileError("the file is empty")
     try:
-        if suffix in (".csv", ".txt", ".tsv"):
-            con.execute(
-                "CREATE TEMP TABLE "
-                + table
-                + " AS SELECT * FROM read_csv(?, all_varchar = true, header = true, "
-                "delim = ?, quote = '\"', escape = '\"', encoding = 'utf-8', null_padding = false)",
-                [str(src.path), "\t" if suffix == ".tsv" else ","],
-            )
+        if suffix in _CSV_SUFFIXES:
+            try:
+                con.execute(
+                    "CREATE TEMP TABLE "
+                    + table
+                    + " AS SELECT * FROM read_csv(?, all_varchar = true, header = true, "
+                    "delim = ?, quote = '\"', escape = '\"', encoding = 'utf-8', null_padding = false)",
+                    [str(src.path), _delimiter(src.path)],
+                )
+            except duckdb.Error:
+                raise _diagnose_csv(src.path, n_columns) from None
             return 2
         if suffix in (".parquet", ".pq"):
-            con.execute("CREATE TEMP TABLE " + table + " AS SELECT * FROM read_parquet(?)", [str(src.path)])
+            import pyarrow.compute as pc
+            import pyarrow.parquet as pq
+
+            schema = pq.read_schema(src.path)
+            zoned = [f.name for f in schema if pa.types.is_timestamp(f.type) and getattr(f.type, "tz", None)]
+            if not zoned:
+                con.execute(
+                    "CREATE TEMP TABLE " + table + " AS SELECT * FROM read_parquet(?)", [str(src.path)]
+                )
+                return 1
+            # A time-zone-aware timestamp counts on its own local date (as a CSV date-time with an offset
+            # does), whatever the server's time zone: take the wall-clock time in the value's zone.
+            arrow = pq.read_table(src.path)
+            for i, f in enumerate(arrow.schema):
+                if f.name in zoned:
+                    local = pc.strftime(pc.local_timestamp(arrow.column(i)), format="%Y-%m-%dT%H:%M:%S")
+                    arrow = arrow.set_column(i, f.name, local)
+            parquet_frame = arrow  # noqa: F841 - read by name below (DuckDB's replacement scan)
+            con.execute("CREATE TEMP TABLE " + table + " AS SELECT * FROM parquet_frame")
             return 1
         if suffix == ".xlsx":
             import pandas as pd
@@ -288,11 +509,13 @@ def _read_raw(con: duckdb.DuckDBPyConnection, src: SourceFile, table: str) -> in
             # an earlier result on this connection is still open ("Resource In Use").
             con.execute("CREATE TEMP TABLE " + table + " AS SELECT * FROM xlsx_frame")
             return 2
-    except (duckdb.Error, ValueError, OSError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FileError(f"cannot be read as {suffix.lstrip('.') or 'a data file'}: {message}") from exc
-    except Exception as exc:  # openpyxl raises its own zoo of errors on a damaged workbook
-        raise FileError(f"cannot be read as {suffix.lstrip('.')}: {exc}") from exc
+    except FileError:
+        raise
+    except MemoryError:
+        raise FileError("the file is too large to read here: split it into smaller files") from None
+    except Exception:  # engine and reader messages name temp paths and internals: never shown
+        what = {".parquet": "Parquet", ".pq": "Parquet", ".xlsx": "xlsx"}.get(suffix, "a data file")
+        raise FileError(f"cannot be read as {what}: the file is damaged or not a {what} file") from None
     raise FileError(f"unsupported file type {suffix or '(none)'}: use .csv, .parquet or .xlsx")
 
 
@@ -340,9 +563,15 @@ def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def _num(col: str) -> str:
+    """SQL: the text column parsed as a number, NULL if it is not one. DuckDB's own cast reads ``1_2`` as
+    12 (digit separators); a value with an underscore is not a number here."""
+    return f"try_cast(replace({col}, '_', 'x') AS DOUBLE)"  # 'x' is never part of a number
+
+
 def _whole(col: str) -> str:
     """SQL: the text column parsed as a whole number, NULL if it is not one."""
-    num = f"try_cast({col} AS DOUBLE)"
+    num = _num(col)
     return f"(CASE WHEN {num} = round({num}) THEN {num} END)"
 
 
@@ -363,7 +592,54 @@ def _common_checks() -> list[Check]:
             "patient_id IS NOT NULL AND NOT regexp_full_match(patient_id, " + _lit(PATIENT_ID_RE) + ")",
             _lit("patient_id must be 1-64 characters of letters, digits, '-' or '_'"),
         ),
+        Check(
+            "patient_id",
+            "regexp_full_match(patient_id, '[0-9]{3}-[0-9]{2}-[0-9]{4}')",
+            _lit(
+                "patient_id looks like a social security number, a direct identifier: use the pseudonymous "
+                "code (the value is not shown)"
+            ),
+            value="NULL",
+        ),
     ]
+
+
+#: Folds an ID to the spelling two look-alike IDs share: letter case, O/0 and I/L/1.
+def _fold_id(col: str) -> str:
+    return f"translate(upper({col}), 'OIL', '011')"
+
+
+#: Free-text columns of a patients file: a value that holds an e-mail address or a phone or identity
+#: number is refused (the value itself is never repeated in the report).
+IDENTIFIER_VALUE_COLUMNS: tuple[str, ...] = ("clinic", "provider")
+MIN_IDENTIFIER_DIGITS = 7  # phone numbers, SSNs, NHS and medical record numbers have at least 7 digits
+
+
+def _identifier_value_checks() -> list[Check]:
+    checks = []
+    for col in IDENTIFIER_VALUE_COLUMNS:
+        checks += [
+            Check(
+                col,
+                f"regexp_matches({col}, '[^[:space:]@]+@[^[:space:]@]+[.][^[:space:]@]+')",
+                _lit(
+                    "value holds an e-mail address, a direct identifier: the data must arrive anonymized "
+                    "(the value is not shown)"
+                ),
+                value="NULL",
+            ),
+            Check(
+                col,
+                f"length(regexp_replace({col}, '[^0-9]', '', 'g')) >= {MIN_IDENTIFIER_DIGITS}",
+                _lit(
+                    f"value holds {MIN_IDENTIFIER_DIGITS} or more digits, like a phone, social security or "
+                    "record number (a direct identifier): the data must arrive anonymized (the value is not "
+                    "shown)"
+                ),
+                value="NULL",
+            ),
+        ]
+    return checks
 
 
 def _date_checks(column: str) -> list[Check]:
@@ -376,6 +652,11 @@ def _date_checks(column: str) -> list[Check]:
         ),
         Check(
             column,
+            f"{column}__d < DATE '{EARLIEST_DATE.isoformat()}'",
+            _lit(f"date before {EARLIEST_DATE.year}: check the year"),
+        ),
+        Check(
+            column,
             f"{column}__d > $today",
             "'date is in the future (today is ' || CAST($today AS VARCHAR) || ')'",
         ),
@@ -383,7 +664,7 @@ def _date_checks(column: str) -> list[Check]:
 
 
 def _range_check(column: str, low: float, high: float, what: str, whole: bool = True) -> list[Check]:
-    parsed = _whole(column) if whole else f"try_cast({column} AS DOUBLE)"
+    parsed = _whole(column) if whole else _num(column)
     kind = "a whole number" if whole else "a number"
     return [
         Check(column, f"{column} IS NOT NULL AND {parsed} IS NULL", _lit(f"not {kind}")),
@@ -430,9 +711,10 @@ class _Staged:
     columns: dict[str, int]  # normalized name -> position (1-based) in raw
     item_numbers: list[int]
     row_expr: str = "rowid"  # SQL over the raw table giving each row's number as the reports show it
-    bad_rows: set[int] = field(default_factory=set)
+    index: int = 0  # the file's number in this load: its rows' errors are ``row_errors.file_no``
     clean_ready: bool = False  # the typed ``<table>_clean`` exists (and must be marked too)
-    marked: int = 0  # how many of bad_rows are already marked not ok in the tables
+    unmarked: bool = False  # errors recorded that are not yet marked not ok in the tables
+    n_bad: int = 0  # rows with at least one error
     has_duplicate_keys: bool = True  # rows sharing a key in the file (identical ones collapse on insert)
 
 
@@ -470,32 +752,98 @@ class Loader:
         self.result.files.append(result)
         raw = f"raw_{index}"
         try:
-            offset = _read_raw(self.con, src, raw)
+            header = read_header(src)
         except FileError as exc:
-            self._problem(src, str(exc), row=None, column=None, value=None)
+            self._problem(src, str(exc), row=exc.row, column=None, value=None)
+            return None
+        header_row = None if src.path.suffix.lower() in (".parquet", ".pq") else 1
+        # The header is checked before the data is read: identifiers, duplicates and unknown columns
+        # refuse the file whatever its rows hold.
+        seen: dict[str, str] = {}
+        for original in header:
+            name = normalize_header(original)
+            what = identifier_kind(original)
+            if what is not None:
+                self._problem(
+                    src,
+                    f"column looks like {what}, a direct identifier: the data must arrive anonymized "
+                    "(remove the column and load again)",
+                    row=header_row,
+                    column=original,
+                    value=None,
+                )
+            elif name in seen:
+                self._problem(
+                    src,
+                    f"the same column appears twice (also as {seen[name]!r}): which one to load is not "
+                    "clear; keep one",
+                    row=header_row,
+                    column=original,
+                    value=None,
+                )
+            elif name == "":
+                self._problem(
+                    src, "a column has no name in the header row", row=header_row, column=None, value=None
+                )
+            seen.setdefault(name, original)
+        kind = _classify(list(seen))
+        result.kind = kind
+        if kind is None:
+            self._problem(
+                src,
+                "cannot tell what kind of file this is: a patients file has patient_id, a sessions file "
+                "session_date, a scores file instrument and assessed_on",
+                row=None,
+                column=None,
+                value=None,
+            )
+            return None
+        items = sorted(int(m.group(1)) for c in seen if (m := ITEM_COLUMN_RE.match(c)))
+        known = set(COLUMNS[kind]) | {f"item_{n}" for n in items if kind == "scores"}
+        for name, original in seen.items():
+            if (
+                name
+                and name not in known
+                and name not in IGNORABLE_COLUMNS
+                and identifier_kind(original) is None
+            ):
+                self._problem(
+                    src,
+                    f"column is not part of the {kind} file contract: remove it and load again (only the "
+                    "contract's columns, and _row and _errors of a rejects file, are accepted)",
+                    row=header_row,
+                    column=original,
+                    value=None,
+                )
+        if any(p.file == src.name and p.severity == "error" for p in self.result.problems):
+            return None
+        try:
+            offset = _read_raw(self.con, src, raw, len(header))
+        except FileError as exc:
+            self._problem(src, str(exc), row=exc.row, column=None, value=None)
             return None
         described = self.con.execute("DESCRIBE " + raw).fetchall()
         positions: dict[str, int] = {}
         for pos, row in enumerate(described, start=1):
-            original = str(row[0])
-            name = normalize_header(original)
-            for pattern, what in IDENTIFIER_PATTERNS:
-                if re.match(pattern, name):
-                    self._problem(
-                        src,
-                        f"column looks like {what}, a direct identifier: the data must arrive anonymized "
-                        "(remove the column and load again)",
-                        row=1 if offset == 2 else None,
-                        column=original,
-                        value=None,
-                    )
-            if name in positions:
-                self._problem(src, "the same column appears twice", row=None, column=original, value=None)
-            positions[name] = pos
-        kind = _classify(positions)
-        result.kind = kind
+            name = normalize_header(header[pos - 1] if len(header) == len(described) else str(row[0]))
+            positions.setdefault(name, pos)
         count = self.con.execute("SELECT count(*), coalesce(min(rowid), 0) FROM " + raw).fetchone()
         result.rows_read = int(count[0]) if count else 0
+        if result.rows_read == 0 and src.path.suffix.lower() in _CSV_SUFFIXES:
+            # DuckDB's sniffer can return no rows for a short file with a malformed row: say which row.
+            found = _diagnose_csv(src.path, len(header))
+            if found.row is not None:
+                self._problem(src, str(found), row=found.row, column=None, value=None)
+                return None
+        if result.rows_read == 0:
+            self._problem(
+                src,
+                "the file has a header but no data rows: nothing to load",
+                row=None,
+                column=None,
+                value=None,
+            )
+            return None
         # Temp-table row ids start at an arbitrary base: shift them so the first data row gets its
         # spreadsheet number (2 under a header row; 1 in Parquet).
         offset -= int(count[1]) if count else 0
@@ -511,18 +859,7 @@ class Loader:
             mapped = True
         else:
             mapped = False
-        if kind is None:
-            self._problem(
-                src,
-                "cannot tell what kind of file this is: a patients file has patient_id, a sessions file "
-                "session_date, a scores file instrument and assessed_on",
-                row=None,
-                column=None,
-                value=None,
-            )
-            return None
         missing = [c for c in REQUIRED[kind] if c not in positions]
-        items = sorted(int(m.group(1)) for c in positions if (m := ITEM_COLUMN_RE.match(c)))
         if kind == "scores" and "total" not in positions and not items:
             missing.append("total (or item_1 … item_N)")
         for column in missing:
@@ -533,17 +870,6 @@ class Loader:
                 column=column,
                 value=None,
             )
-        known = set(COLUMNS[kind]) | {f"item_{n}" for n in items if kind == "scores"}
-        for name in positions:
-            if name not in known and not name.startswith("_"):
-                self._problem(
-                    src,
-                    f"column is not part of the {kind} file contract and was ignored",
-                    row=None,
-                    column=described[positions[name] - 1][0],
-                    value=None,
-                    severity="warning",
-                )
         if any(p.file == src.name and p.severity == "error" for p in self.result.problems):
             return None
         return _Staged(
@@ -554,6 +880,7 @@ class Loader:
             positions,
             items if kind == "scores" else [],
             row_expr="_kap_row" if mapped else f"CAST(rowid + {offset} AS BIGINT)",
+            index=index,
         )
 
     def _select_text(self, st: _Staged, columns: Iterable[str]) -> str:
@@ -575,7 +902,7 @@ class Loader:
             f"{c.reason} AS reason FROM {st.table} WHERE coalesce({c.bad}, false)"
             for c in checks
         ]
-        sql = " UNION ALL ".join(selects) + " ORDER BY row_no, col"
+        sql = " UNION ALL ".join(selects)
         params = {"today": self.today} if "$today" in sql else None
         # One scan answers "is anything wrong?"; the per-rule report runs only when something is.
         probe = (
@@ -587,28 +914,86 @@ class Loader:
         found = self.con.execute(probe, params).fetchone()
         if not found or found[0] == 0:
             return
-        rows = self.con.execute(sql, params).fetchall()
-        for row_no, col, value, reason in rows:
-            self._problem(st.src, reason, row=int(row_no), column=col, value=value)
-            st.bad_rows.add(int(row_no))
+        self._record(st, sql, params)
 
-    def _add_bad_rows(self, st: _Staged, rows: list[tuple[int, str, str | None, str]]) -> None:
-        for row_no, col, value, reason in rows:
-            self._problem(st.src, reason, row=int(row_no), column=col, value=value)
-            st.bad_rows.add(int(row_no))
+    def _record(self, st: _Staged, select_sql: str, params: object = None) -> None:
+        """Store the rows of ``select_sql`` (row_no, column, value, reason) as errors of this file: one
+        set-based INSERT, however many rows are bad (only the first ones reach the report)."""
+        inserted = self.con.execute(
+            f"INSERT INTO row_errors SELECT {int(st.index)}, * FROM ({select_sql})", params
+        ).fetchone()
+        if inserted and inserted[0]:
+            st.unmarked = True
 
     def _mark_bad(self, st: _Staged) -> None:
-        if len(st.bad_rows) == st.marked:
+        if not st.unmarked:
             return
-        st.marked = len(st.bad_rows)
-        self.con.execute("CREATE OR REPLACE TEMP TABLE bad_rows (row_no BIGINT)")
-        if st.bad_rows:
-            self.con.executemany("INSERT INTO bad_rows VALUES (?)", [[r] for r in sorted(st.bad_rows)])
+        st.unmarked = False
         tables = [st.table, st.table + "_clean"] if st.clean_ready else [st.table]
         for table in tables:
             self.con.execute(
-                "UPDATE " + table + " SET ok = false WHERE row_no IN (SELECT row_no FROM bad_rows)"
+                "UPDATE " + table + " SET ok = false WHERE ok AND row_no IN "
+                "(SELECT row_no FROM row_errors WHERE file_no = ?)",
+                [st.index],
             )
+        row = self.con.execute(
+            "SELECT count(DISTINCT row_no) FROM row_errors WHERE file_no = ?", [st.index]
+        ).fetchone()
+        st.n_bad = int(row[0]) if row else 0
+
+    def _lookalike_ids(self, st: _Staged) -> None:
+        """IDs that differ only by letter case or look-alike characters (``k00001`` beside ``K00001``,
+        ``KO0001``) are one patient typed two ways, or two patients easily mixed up: refused, within the
+        file and against the database."""
+        fold = _fold_id("patient_id")
+        probe = self.con.execute(
+            f"SELECT count(*) FROM (SELECT {fold} AS k FROM {st.table} WHERE ok GROUP BY k "
+            "HAVING count(DISTINCT patient_id) > 1)"
+        ).fetchone()
+        hint = "only by letter case or look-alike characters (O/0, I/L/1): use one spelling for one patient"
+        if probe and probe[0]:
+            self._record(
+                st,
+                f"""WITH f AS (SELECT row_no, patient_id, {fold} AS k FROM {st.table} WHERE ok),
+                g AS (SELECT k, arg_min(patient_id, row_no) AS first_id, min(row_no) AS first_row
+                      FROM f GROUP BY k HAVING count(DISTINCT patient_id) > 1)
+                SELECT f.row_no, 'patient_id', f.patient_id,
+                       'patient_id differs from ' || g.first_id || ' (row ' || g.first_row || ') '
+                       || {_lit(hint)}
+                FROM f JOIN g USING (k) WHERE f.patient_id <> g.first_id""",
+            )
+            self._mark_bad(st)
+        self._record(
+            st,
+            f"""WITH f AS (SELECT DISTINCT patient_id, {fold} AS k FROM {st.table}
+                       WHERE ok AND patient_id NOT IN (SELECT patient_id FROM patients)),
+            d AS (SELECT {_fold_id("patient_id")} AS k, min(patient_id) AS db_id FROM patients GROUP BY k)
+            SELECT t.row_no, 'patient_id', t.patient_id,
+                   'patient_id differs from ' || d.db_id || ', already in the database, ' || {_lit(hint)}
+            FROM {st.table} t JOIN f USING (patient_id) JOIN d USING (k) WHERE t.ok""",
+        )
+        self._mark_bad(st)
+
+    def has_row_errors(self) -> bool:
+        row = self.con.execute("SELECT EXISTS (SELECT 1 FROM row_errors)").fetchone()
+        return bool(row and row[0])
+
+    def collect_row_errors(self, staged: Sequence[_Staged]) -> None:
+        """The first ``MAX_PROBLEMS_LISTED`` row errors become Problems; the rest are counted."""
+        names = {st.index: st.src for st in staged}
+        rows = self.con.execute(
+            "SELECT file_no, row_no, col, value, reason FROM row_errors "
+            "ORDER BY file_no, row_no, col, reason LIMIT ?",
+            [MAX_PROBLEMS_LISTED],
+        ).fetchall()
+        for file_no, row_no, col, value, reason in rows:
+            self._problem(names[int(file_no)], reason, row=int(row_no), column=col, value=value)
+        totals = self.con.execute(
+            "SELECT count(*), count(DISTINCT (file_no, row_no)) FROM row_errors"
+        ).fetchone()
+        total, bad_rows = (int(totals[0]), int(totals[1])) if totals else (0, 0)
+        self.result.unlisted_errors = max(total - len(rows), 0)
+        self.result.error_rows = bad_rows
 
     # -- per kind
     def _parse_patients(self, st: _Staged) -> None:
@@ -623,26 +1008,31 @@ class Loader:
                    {_alias_case("route", ROUTE_ALIASES)} AS route__v
             FROM (SELECT {self._select_text(st, cols)} FROM {st.raw})"""
         )
-        checks = _common_checks() + [
-            Check(
-                "age_band",
-                f"age_band IS NOT NULL AND age_band__v NOT IN {_in_list(AGE_BANDS)}",
-                _lit("unknown age band; expected one of " + ", ".join(AGE_BANDS)),
-            ),
-            Check(
-                "sex",
-                "sex IS NOT NULL AND sex__v IS NULL",
-                _lit("unknown sex; expected one of " + ", ".join(SEXES)),
-            ),
-            Check(
-                "primary_condition",
-                "primary_condition IS NOT NULL AND condition__v IS NULL",
-                _lit("unknown condition; expected one of " + ", ".join(CONDITIONS)),
-            ),
-            _route_check(),
-        ]
+        checks = (
+            _common_checks()
+            + [
+                Check(
+                    "age_band",
+                    f"age_band IS NOT NULL AND age_band__v NOT IN {_in_list(AGE_BANDS)}",
+                    _lit("unknown age band; expected one of " + ", ".join(AGE_BANDS)),
+                ),
+                Check(
+                    "sex",
+                    "sex IS NOT NULL AND sex__v IS NULL",
+                    _lit("unknown sex; expected one of " + ", ".join(SEXES)),
+                ),
+                Check(
+                    "primary_condition",
+                    "primary_condition IS NOT NULL AND condition__v IS NULL",
+                    _lit("unknown condition; expected one of " + ", ".join(CONDITIONS)),
+                ),
+                _route_check(),
+            ]
+            + _identifier_value_checks()
+        )
         self._run_checks(st, checks)
         self._mark_bad(st)
+        self._lookalike_ids(st)
         self.con.execute(
             f"""CREATE OR REPLACE TEMP TABLE {st.table}_clean AS
             SELECT row_no, ok, patient_id, clinic, provider, age_band__v AS age_band, sex__v AS sex,
@@ -659,14 +1049,12 @@ class Loader:
             for v in value_cols
         )
         differs = " OR ".join(f"c.{v} IS DISTINCT FROM p.{v}" for v in value_cols)
-        rows = self.con.execute(
-            f"""SELECT c.row_no, 'patient_id', c.patient_id,
+        rows = f"""SELECT c.row_no, 'patient_id', c.patient_id,
                    'patient already in the database (batch ' || p.batch_id || ') with other attributes ('
                    || concat_ws(', ', {diffs}) || '); undo that batch first to replace it'
             FROM {st.table}_clean c JOIN patients p USING (patient_id)
             WHERE c.ok AND p.attributes_known AND ({differs})"""
-        ).fetchall()
-        self._add_bad_rows(st, rows)
+        self._record(st, rows)
         self._mark_bad(st)
 
     def _parse_sessions(self, st: _Staged) -> None:
@@ -697,11 +1085,12 @@ class Loader:
         )
         self._run_checks(st, checks)
         self._mark_bad(st)
+        self._lookalike_ids(st)
         self.con.execute(
             f"""CREATE OR REPLACE TEMP TABLE {st.table}_clean AS
             SELECT row_no, ok, patient_id, session_date__d AS session_date, route__v AS route,
-                   try_cast(dose_mg AS DOUBLE) AS dose_mg,
-                   try_cast(dose_mg_per_kg AS DOUBLE) AS dose_mg_per_kg,
+                   {_num("dose_mg")} AS dose_mg,
+                   {_num("dose_mg_per_kg")} AS dose_mg_per_kg,
                    try_cast({_whole("bp_sys_pre")} AS SMALLINT) AS bp_sys_pre,
                    try_cast({_whole("bp_dia_pre")} AS SMALLINT) AS bp_dia_pre,
                    try_cast({_whole("bp_sys_post")} AS SMALLINT) AS bp_sys_post,
@@ -748,7 +1137,7 @@ class Loader:
         if rows:
             self.con.executemany("INSERT INTO inst_keys VALUES (?, ?, ?, ?, ?)", rows)
         # Each item's text is cast to a number once (inner query), then checked for being whole.
-        item_float = "".join(f", try_cast(item_{n} AS DOUBLE) AS item_{n}__f" for n in items)
+        item_float = "".join(f", {_num(f'item_{n}')} AS item_{n}__f" for n in items)
         item_parsed = "".join(
             f", CASE WHEN item_{n}__f = round(item_{n}__f) THEN item_{n}__f END AS item_{n}__n" for n in items
         )
@@ -879,6 +1268,7 @@ class Loader:
             checks.append(Check("total", "total IS NULL", _lit("a score needs a total or its item answers")))
         self._run_checks(st, checks)
         self._mark_bad(st)
+        self._lookalike_ids(st)
         if items:
             # Every position up to the longest scale, NULL where the file has no such column, so a prorated
             # row keeps each answer at its item number (and NULL where it was not answered).
@@ -959,7 +1349,8 @@ class Loader:
                 WHERE ok GROUP BY {key} HAVING count(DISTINCT ({vals})) > 1)
             SELECT c.row_no, p.{column},
                    {_lit("duplicate " + what + " with different values; see row(s) ")}
-                   || array_to_string(list_filter(g.rows, lambda r: r <> c.row_no), ', ')
+                   || array_to_string(list_slice(list_filter(g.rows, lambda r: r <> c.row_no), 1, 10), ', ')
+                   || CASE WHEN len(g.rows) > 11 THEN ' and ' || (len(g.rows) - 11) || ' more' ELSE '' END
             FROM {st.table}_clean c JOIN g USING ({key}) JOIN {st.table} p ON p.row_no = c.row_no
             WHERE c.ok"""
         else:
@@ -969,8 +1360,10 @@ class Loader:
                    || ') with different values; undo that batch first to replace it'
             FROM {st.table}_clean c JOIN {table} t USING ({key}) JOIN {st.table} p ON p.row_no = c.row_no
             WHERE c.ok AND ({differs})"""
-        rows = self.con.execute(sql).fetchall()
-        self._add_bad_rows(st, [(r[0], column, r[1], r[2]) for r in rows])
+        self._record(
+            st,
+            f"SELECT row_no, {_lit(column)}, CAST(v AS VARCHAR), reason FROM ({sql}) AS x(row_no, v, reason)",
+        )
         self._mark_bad(st)
 
     # -- commit
@@ -1066,12 +1459,14 @@ class Loader:
             inserted = self.con.execute(sql, [batch_id]).fetchone()
             loaded = int(inserted[0]) if inserted else 0
         res.rows_loaded = loaded
-        res.rows_rejected = len(st.bad_rows)
+        res.rows_rejected = st.n_bad
         res.rows_already_present = ok_rows - loaded
         if kind == "patients":
             res.rows_already_present = ok_rows - loaded
         self.con.execute(
-            "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, current_localtimestamp(), NULL)",
+            "INSERT INTO batches (batch_id, file_name, sha256, kind, rows_read, rows_loaded, "
+            "rows_already_present, rows_rejected, new_patients, on_error, loaded_at, undone_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, current_localtimestamp(), NULL)",
             [
                 batch_id,
                 st.src.name,
@@ -1088,14 +1483,11 @@ class Loader:
         res.batch_id = batch_id
 
     def _write_rejects(self, st: _Staged, target: Path) -> None:
-        self.con.execute("CREATE OR REPLACE TEMP TABLE reject_reasons (row_no BIGINT, reason VARCHAR)")
-        self.con.executemany(
-            "INSERT INTO reject_reasons VALUES (?, ?)",
-            [
-                [p.row, f"{p.column}: {p.reason}" if p.column else p.reason]
-                for p in self.result.problems
-                if p.file == st.src.name and p.severity == "error" and p.row is not None
-            ],
+        self.con.execute(
+            "CREATE OR REPLACE TEMP TABLE reject_reasons AS SELECT row_no, "
+            "CASE WHEN col IS NULL THEN reason ELSE col || ': ' || reason END AS reason "
+            "FROM row_errors WHERE file_no = ?",
+            [st.index],
         )
         target.parent.mkdir(parents=True, exist_ok=True)
         frame = self.con.execute(
@@ -1106,7 +1498,7 @@ class Loader:
                       FROM reject_reasons GROUP BY row_no) e ON e.row_no = r._rn
                 ORDER BY e.row_no"""
         ).df()
-        frame.to_csv(target, index=False)
+        csvsafe.write_csv(frame, target)
         st.result.rejects_path = target
 
 
@@ -1154,8 +1546,13 @@ def load_with_connection(
     sources = [SourceFile.of(f) for f in files]
     loader = Loader(con, on_error=on_error, today=today)
     result = loader.result
-    con.execute("BEGIN TRANSACTION")
     try:
+        # Files are read into temporary tables before the transaction starts: reading touches no table of
+        # the database, and a file the engine cannot read must not abort the transaction.
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE row_errors "
+            "(file_no INTEGER, row_no BIGINT, col VARCHAR, value VARCHAR, reason VARCHAR)"
+        )
         staged: list[_Staged] = []
         for index, src in enumerate(sources):
             st = loader._stage(index, src)
@@ -1163,6 +1560,7 @@ def load_with_connection(
                 result.files[-1].refused = True
             else:
                 staged.append(st)
+        con.execute("BEGIN TRANSACTION")
         file_errors = any(p.severity == "error" for p in result.problems)
         # Identical re-import of a whole file is a no-op, and so is the same file given twice in one call.
         first_of: dict[str, _Staged] = {}
@@ -1188,24 +1586,25 @@ def load_with_connection(
             parse.get(st.result.kind or "scores", loader._parse_scores)(st)
             if not file_errors:
                 # Insert as we go so later files (scores) see this call's patients and sessions.
-                if on_error == "reject" and result.errors:
+                if on_error == "reject" and loader.has_row_errors():
                     continue
                 loader._insert(st)
         for repeat, first in repeats:
             repeat.result.identical_to_batch = first.result.batch_id
             repeat.result.rows_already_present = repeat.result.rows_read
+        loader.collect_row_errors(staged)
         order = {src.name: i for i, src in enumerate(sources)}
         result.problems.sort(key=lambda p: (order.get(p.file, 0), p.row or 0))
         errors = result.errors
         if file_errors or (errors and on_error == "reject") or dry_run:
             con.execute("ROLLBACK")
             for st in staged:
-                st.result.rows_rejected = len(st.bad_rows)
+                st.result.rows_rejected = st.n_bad
                 st.result.batch_id = None  # rolled back: no batch was recorded
             if (file_errors or (errors and on_error == "reject")) and not dry_run:
                 raise ImportRejected(result)
             return result
-        with_rejects = [st for st in staged if st.bad_rows]
+        with_rejects = [st for st in staged if st.n_bad]
         if with_rejects:
             target_base = Path(rejects) if rejects else None
             for st in with_rejects:
@@ -1227,7 +1626,7 @@ def load_with_connection(
 
 
 _WORK_TABLE_RE = re.compile(
-    r"^((raw|parsed)_\d+(_clean)?|bad_rows|inst_keys|new_rows|reject_reasons|still_used)$"
+    r"^((raw|parsed)_\d+(_clean)?|row_errors|inst_keys|new_rows|reject_reasons|still_used)$"
 )
 
 

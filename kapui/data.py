@@ -158,10 +158,12 @@ class Validation:
 
     signature: tuple[tuple[str, str, int], ...]
     version: tuple[int, int]
-    folder: Path
+    folder: Path  # deleted as soon as the dry run ends; a commit stages the uploads again
     sources: list[ingest.SourceFile]
     result: ingest.LoadResult | None = None
     failure: str | None = None  # the dry run itself could not run (e.g. the database is busy)
+    uploads: list[Upload] = field(default_factory=list)
+    previews: list[pd.DataFrame | None] = field(default_factory=list)  # identifier columns left out
 
     @property
     def token(self) -> str:
@@ -219,6 +221,17 @@ def _forget_validation() -> None:
         shutil.rmtree(old.folder, ignore_errors=True)
 
 
+def _safe_preview(src: ingest.SourceFile) -> pd.DataFrame | None:
+    """The preview of a staged file without any column that looks like an identifier; None if the file
+    cannot be read as a table (the report says why)."""
+    try:
+        frame = preview_frame(src)
+    except Exception:
+        return None
+    keep = [c for c in frame.columns if ingest.identifier_kind(str(c)) is None]
+    return frame[keep]
+
+
 def _stage(files: Sequence[Upload], folder: Path) -> list[ingest.SourceFile]:
     """Write the uploads to ``folder/<n>/<own name>`` (names kept for the report; no path parts)."""
     sources = []
@@ -241,14 +254,19 @@ def validate_uploads(files: Sequence[Upload], path: str) -> Validation:
     _forget_validation()
     st.session_state.pop(_OUTCOME, None)
     folder = Path(tempfile.mkdtemp(prefix="kap-import-"))
-    validation = Validation(signature, version, folder, _stage(files, folder))
     try:
+        validation = Validation(signature, version, folder, _stage(files, folder), uploads=list(files))
         # Quarantine mode for the dry run: every file is checked against this load's good rows too, so
         # the report and the counts say exactly what either kind of commit would do.
         validation.result = ingest.load_files(validation.sources, path, on_error="quarantine", dry_run=True)
+        validation.previews = [_safe_preview(src) for src in validation.sources]
     except Exception as exc:  # shown on the page; a dry run never changes the database
         logging.getLogger("kapui").exception("dry run failed")
+        validation = Validation(signature, version, folder, [], uploads=list(files))
         validation.failure = db.explain(exc, path)
+    finally:
+        # The uploads (which may hold what a refused file should never have had) leave the disk now.
+        shutil.rmtree(folder, ignore_errors=True)
     st.session_state[_VALIDATION] = validation
     return validation
 
@@ -346,8 +364,11 @@ def commit(v: Validation, path: str, *, quarantine: bool, progress: Callable[[fl
     """Load the staged files for real in one transaction; store and return the outcome."""
     n_rows = sum(f.rows_read for f in v.result.files) if v.result else 0
     progress(0.1, f"Validating and loading {n_rows:,} rows from {len(v.sources)} file(s) in one transaction…")
+    folder = Path(tempfile.mkdtemp(prefix="kap-import-"))
     try:
-        result = ingest.load_files(v.sources, path, on_error="quarantine" if quarantine else "reject")
+        sources = _stage(v.uploads, folder)
+        result = ingest.load_files(sources, path, on_error="quarantine" if quarantine else "reject")
+        rejects = _rejects(result)
     except ingest.ImportRejected as exc:
         outcome = Outcome(
             False,
@@ -361,7 +382,9 @@ def commit(v: Validation, path: str, *, quarantine: bool, progress: Callable[[fl
     else:
         progress(0.8, "Refreshing every page…")
         clear_caches()
-        outcome = Outcome(True, _committed_message(result), _file_lines(result), _rejects(result))
+        outcome = Outcome(True, _committed_message(result), _file_lines(result), rejects)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # the staged uploads and any rejects file
     progress(1.0, "Done")
     if outcome.ok:
         st.session_state[_UPLOADER] = st.session_state.get(_UPLOADER, 0) + 1

@@ -56,21 +56,27 @@ if files:
         col.metric(name.capitalize(), f"{value:,}", help=helps.get(name))
     st.dataframe(counts, hide_index=True, width="stretch")
 
-    for src, taken in zip(v.sources, counts["taken as"], strict=False):
+    # Previews were read while the uploads were staged (they are deleted now); identifier columns left out.
+    for src, taken, preview in zip(v.sources, counts["taken as"], v.previews, strict=False):
         with st.expander(f"Preview: {kapui.md_escape(src.name)} (taken as {taken})"):
-            try:
-                st.dataframe(data.preview_frame(src), width="stretch")
-            except Exception:  # the report says, in words, why the file cannot be read
+            if preview is None:
                 st.caption("No preview: the file cannot be read as a table (the validation report says why).")
+            else:
+                st.dataframe(preview, width="stretch")
 
     report = data.report_frame(v.result)
     st.subheader("Validation report")
-    if v.errors:
-        rows_with_errors = len({(p.file, p.row) for p in v.errors})
+    if v.errors and v.result is not None:
+        rows_with_errors = v.result.error_rows or len({(p.file, p.row) for p in v.errors})
         st.error(
-            f"{len(v.errors):,} problem(s) in {rows_with_errors:,} row(s). As they are, these files would be "
-            "rejected and the database left unchanged."
+            f"{v.result.error_count:,} problem(s) in {rows_with_errors:,} row(s). As they are, these files "
+            "would be rejected and the database left unchanged."
         )
+        if v.result.unlisted_errors:
+            st.caption(
+                f"The report lists the first {len(v.errors):,} errors; "
+                f"{v.result.unlisted_errors:,} more are counted, not listed."
+            )
     else:
         st.success("No errors: every row passes.")
     if len(report):

@@ -901,7 +901,8 @@ def test_undo_removes_exactly_that_batch(tmp_path, base_db):
     after = snapshot(base_db)
     assert after["scores"] == before["scores"]
     assert after["patients"] == before["patients"] and after["sessions"] == before["sessions"]
-    assert [b[0] for b in after["batches"] if b[-1] is not None] == [5]
+    undone_at = 11  # batches: batch_id, ..., loaded_at, undone_at (then later columns such as demo)
+    assert [b[0] for b in after["batches"] if b[undone_at] is not None] == [5]
     with pytest.raises(ingest.UndoError, match="already undone"):
         ingest.undo_batch(5, base_db)
     with pytest.raises(ingest.UndoError, match="no batch 99"):

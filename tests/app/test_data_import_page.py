@@ -286,3 +286,47 @@ def test_two_xlsx_files_can_be_loaded_together(own_db: Path) -> None:
     )
     at.run()
     assert frame_with(at, "taken as")["taken as"].tolist() == ["scores", "scores"]
+
+
+def _import_folders() -> set[str]:
+    import tempfile
+
+    return {p.name for p in Path(tempfile.gettempdir()).glob("kap-import-*")}
+
+
+def test_refused_file_preview_never_shows_its_identifier_columns_and_uploads_leave_the_disk(
+    own_db: Path,
+) -> None:
+    before = snapshot(own_db)
+    folders = _import_folders()
+    bad = "patient_id,pt_name,emailaddress,clinic\nP9,Alex Doe,alex@example.org,North\n"
+    at = upload(import_page(), ("ids.csv", bad))
+    shown = [d.value for d in at.dataframe]
+    preview = next(f for f in shown if "clinic" in f.columns and "patient_id" in f.columns)
+    assert list(preview.columns) == ["patient_id", "clinic"]
+    assert not any("Alex Doe" in f.to_csv() or "alex@example.org" in f.to_csv() for f in shown)
+    assert _import_folders() == folders  # the staged upload was deleted when validation ended
+    assert snapshot(own_db) == before
+
+
+def test_unreadable_upload_is_explained_in_words_without_engine_text_or_temp_path(own_db: Path) -> None:
+    text = "patient_id,instrument,assessed_on,total\nP1,PHQ-9,2025-01-05,3\nP2,PHQ-9,2025-01-05,3,9\n"
+    at = upload(import_page(), ("odd.csv", text))
+    report = frame_with(at, "reason")
+    assert report["reason"].tolist() == [
+        "row 3 has 5 fields, more than the 4 columns of the header: a value holding a comma must be in "
+        "double quotes, and every row needs one field per column"
+    ]
+    everything = " ".join(str(e.value) for e in (*at.error, *at.warning, *at.caption, *at.text))
+    everything += report.to_csv()
+    for leak in ("kap-import-", "Invalid Input Error", "sniffing", "Error when"):
+        assert leak not in everything
+
+
+def test_commit_after_validation_stages_the_uploads_again_and_deletes_them(own_db: Path) -> None:
+    folders = _import_folders()
+    at = upload(import_page(), ("new_scores.csv", GOOD_SCORES))
+    at.button(key="import_commit").click().run()
+    assert not at.exception, at.exception
+    assert [s.value for s in at.success] == ["Loaded 3 rows as batch 4."]
+    assert _import_folders() == folders
