@@ -1,15 +1,19 @@
 """The command line: ``python -m kapdata COMMAND ...``.
 
 Exit codes: 0 success; 2 a rejected import or bad usage (the report is on stderr, no traceback);
-1 any other failure (a missing file, a busy database), also reported in one clear message.
+3 a research export refused by the k-anonymity floor; 1 any other failure (a missing file, a busy or
+damaged database, an output path that cannot be written), reported in one line ``error: …`` on stderr.
+No traceback and no database engine message reaches the user (``KAP_DEBUG=1`` shows the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import errno
 import getpass
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,12 +31,111 @@ class CliError(Exception):
         self.code = code
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line: ``error: … (python -m kapdata COMMAND --help)``, exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {message} (see: {self.prog} --help)\n")
+
+
+#: OSError numbers in words (never the system's own text, which varies by platform and locale).
+_OS_WORDS: dict[int, str] = {
+    errno.EISDIR: "is a folder, not a file",
+    errno.ENOTDIR: "a part of the path is not a folder",
+    errno.ENOENT: "no such file or folder",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EROFS: "is on a read-only disk",
+    errno.ENOSPC: "the disk is full",
+    errno.EEXIST: "already exists",
+    errno.ENAMETOOLONG: "the name is too long",
+    errno.EPIPE: "the output was closed",
+}
+
+
+def _os_words(exc: OSError) -> str:
+    where = exc.filename if exc.filename is not None else "a file"
+    return f"{where}: {_OS_WORDS.get(exc.errno or 0, 'cannot be read or written')}"
+
+
+def explain(exc: BaseException, db_arg: str | None = None) -> str:
+    """One line for any failure; the database's own words only for errors of the database."""
+    if isinstance(exc, db.NoDatabase | db.DatabaseBusy):
+        return str(exc)
+    if isinstance(exc, RuntimeError) and "newer than this software" in str(exc):
+        return str(exc)  # our own message (db.ensure_schema)
+    target = db.db_path(db_arg)
+    if isinstance(exc, duckdb.Error):
+        return db.explain(exc, target)
+    if isinstance(exc, OSError):
+        if exc.filename is not None and Path(exc.filename) == target:
+            return db.explain(exc, target)
+        return _os_words(exc)
+    return f"something unexpected went wrong ({type(exc).__name__}); nothing more was done"
+
+
+def _check_out_file(path: str, option: str = "--out") -> None:
+    """A file to write: not a folder or a device, and no part of its folder is a file (missing folders
+    are made by the writers)."""
+    p = Path(path)
+    if p.is_dir():
+        raise CliError(f"{option} {path}: is a folder, not a file")
+    if p.exists() and not p.is_file():
+        raise CliError(f"{option} {path}: is not a regular file")
+    _check_parents(p, option, path)
+
+
+def _check_parents(p: Path, option: str, path: str) -> None:
+    for up in p.parents:
+        if up.exists():
+            if not up.is_dir():
+                raise CliError(f"{option} {path}: {up} is not a folder")
+            break
+
+
+def _check_out_dir(path: str, option: str = "--out") -> None:
+    """A folder to write into (made if missing): not a file, and no part of the path is a file."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise CliError(f"{option} {path}: is a file, not a folder")
+    _check_parents(p, option, path)
+
+
+def _check_db(a: argparse.Namespace) -> None:
+    """A --db (or KAP_DB) that is a folder or a device is refused before the database engine sees it."""
+    if not hasattr(a, "db"):
+        return
+    target = db.db_path(a.db)
+    if target.is_dir():
+        raise CliError(db.explain(IsADirectoryError(), target))
+    if target.exists() and not target.is_file():
+        raise CliError(f"the database path ({target}) is not a regular file. Check --db or KAP_DB.")
+    for up in target.parents:
+        if up.exists():
+            if not up.is_dir():
+                raise CliError(db.explain(NotADirectoryError(), target))
+            break
+
+
+def _check_inputs(files: Sequence[str]) -> None:
+    """Files to load are regular files (a folder, a device such as /dev/zero or a pipe is refused);
+    a missing file is left to the import's own report."""
+    for name in files:
+        p = Path(name)
+        if p.is_dir():
+            raise CliError(f"{name}: is a folder, not a file; give the files inside it", 2)
+        if p.exists() and not p.is_file():
+            raise CliError(
+                f"{name}: is not a regular file (a device or a pipe); give a .csv, .parquet or .xlsx", 2
+            )
+
+
 def _db_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", help="database file (default: $KAP_DB, then data/kap.duckdb)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m kapdata", description="KAP Outcomes: load, check and summarise scale scores."
     )
     parser.add_argument("--version", action="version", version=f"kapdata {__version__}")
@@ -120,6 +223,9 @@ def _print_rejected(exc: ingest.ImportRejected) -> int:
 
 
 def cmd_load(a: argparse.Namespace) -> int:
+    _check_inputs(a.files)
+    if a.rejects:
+        _check_out_file(a.rejects, "--rejects")
     try:
         result = ingest.load_files(a.files, a.db, on_error=a.on_error, rejects=a.rejects, dry_run=a.dry_run)
     except ingest.ImportRejected as exc:
@@ -141,6 +247,7 @@ def cmd_load(a: argparse.Namespace) -> int:
 def cmd_outcomes(a: argparse.Namespace) -> int:
     if a.instrument and reg.lookup(a.instrument) is None:
         raise CliError(f"unknown instrument {a.instrument!r}; known: {', '.join(reg.BY_CODE)}", 2)
+    _check_out_file(a.out)
     with db.reader(a.db) as con:
         n = outcomes.write_outcomes_csv(con, a.out, a.instrument)
     print(f"{a.out}: {n} rows")
@@ -169,6 +276,8 @@ def _summary_table(doc: dict[str, Any]) -> str:
 
 
 def cmd_summary(a: argparse.Namespace) -> int:
+    if a.out:
+        _check_out_file(a.out)
     with db.reader(a.db) as con:
         doc = cohort.summary_document(con)
     text = json.dumps(doc, indent=2, default=str) if a.json else _summary_table(doc)
@@ -230,6 +339,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
         end = dt.date.fromisoformat(a.end) if a.end else sample.AS_OF_DEFAULT
     except ValueError:
         raise CliError(f"--end {a.end!r}: give a date as YYYY-MM-DD", 2) from None
+    _check_out_dir(a.out)
     paths = sample.write_sample(a.patients, a.out, seed=a.seed, as_of=end)
     for p in paths:
         print(p)
@@ -280,6 +390,7 @@ def cmd_caseload(a: argparse.Namespace) -> int:
     from kapdata import caseload
 
     as_of = _as_of(a.as_of)
+    _check_out_file(a.out)
     with db.reader(a.db) as con:
         n = caseload.write_caseload_csv(con, a.out, as_of)
     print(f"{a.out}: {n} rows")
@@ -343,25 +454,29 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _check_db(args)
+        if args.command == "export":
+            _check_out_dir(args.out)
         handler = getattr(args, "handler", None)
         return handler(args) if handler else COMMANDS[args.command](args)
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code
+    except export.ExportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except export.ExportRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     except ingest.ImportRejected as exc:  # init loading a sample folder with bad rows
         return _print_rejected(exc)
-    except (
-        db.NoDatabase,
-        db.DatabaseBusy,
-        FileNotFoundError,
-        PermissionError,
-        ValueError,
-        KeyError,
-        RuntimeError,  # e.g. a database written by a newer kapdata
-        duckdb.Error,  # e.g. --db names a file that is not a DuckDB database
-    ) as exc:
-        text = str(exc).strip()
-        print(f"error: {text.splitlines()[0] if text else type(exc).__name__}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line, never a traceback or the engine's own message
+        if os.environ.get("KAP_DEBUG"):
+            raise
+        print(f"error: {explain(exc, getattr(args, 'db', None))}", file=sys.stderr)
         return 1
 
 

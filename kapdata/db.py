@@ -35,6 +35,7 @@ DEFAULT_SETTINGS: dict[str, float] = {
     "min_cell": 11,
     "baseline_max_days": 90,
     "dosing_complete_sessions": 4,
+    "k_anonymity_min": 5,
 }
 
 # Each migration takes the database from version i to i + 1. Never edit a released one: append.

@@ -3,9 +3,13 @@ for the Research export page and ``python -m kapdata export``.
 
 - Patients are re-keyed ``P0001``… in an order drawn from a secret made for each export and never saved;
   the mapping never leaves the database connection.
-- Dates become whole days from the patient's first dosing session (``day``) unless calendar dates are
-  asked for explicitly, which the manifest then records.
-- A k-anonymity report covers exactly the quasi-identifiers present in the data file.
+- Dates become whole days from the patient's first dosing session (``day``), or whole weeks (``week``)
+  if asked, unless calendar dates are asked for explicitly, which the manifest then records. The keys and
+  relative days do not make the file anonymous: a patient's sequence of days and scores is unique for
+  almost every patient, so anyone holding the clinic's records could match it.
+- A k-anonymity check covers exactly the quasi-identifiers present in the data file; an export whose k is
+  under the ``k_anonymity_min`` setting is refused (:class:`ExportRefused`). By default the file holds the
+  most quasi-identifiers that pass.
 - CSV text cells that a spreadsheet would run as a formula get a leading ``'``.
 - Every clinical value comes from the views in ``db.VIEWS_SQL`` (``scores_phased``, ``outcomes``); the
   thresholds and settings in force are written into the manifest.
@@ -46,14 +50,17 @@ from kapdata.outcomes import OUTCOME_COLUMNS
 SHAPES: tuple[str, ...] = ("long", "wide", "outcomes", "sessions")
 FORMATS: tuple[str, ...] = ("csv", "parquet")
 DATES: tuple[str, ...] = ("relative", "calendar")
+#: Relative time in whole days, or whole weeks (``floor(day / 7)``: week 0 = days 0–6, week -1 = days -7…-1).
+DAYS: tuple[str, ...] = ("day", "week")
 #: Patient characteristics that could single someone out in combination (DESIGN §6), in file order.
 QUASI_IDENTIFIERS: tuple[str, ...] = ("age_band", "sex", "clinic", "primary_condition", "route")
-#: A k-anonymity under this is reported as a warning.
-K_THRESHOLD = 5
+#: The default k-anonymity floor (setting ``k_anonymity_min``): an export with a smaller k is refused.
+K_THRESHOLD = int(db.DEFAULT_SETTINGS["k_anonymity_min"])
 #: Text cells starting with one of these are neutralised in CSV (OWASP "CSV injection"; tab and CR too).
 FORMULA_PREFIXES: tuple[str, ...] = ("=", "+", "-", "@", "\t", "\r")
 DATA_FILES: dict[str, str] = {"csv": "data.csv", "parquet": "data.parquet"}
 DICTIONARY_FILE = "data_dictionary.csv"
+TABLE1_FILE = "table1.csv"
 MANIFEST_FILE = "manifest.json"
 DICTIONARY_COLUMNS: tuple[str, ...] = (
     "column",
@@ -61,6 +68,23 @@ DICTIONARY_COLUMNS: tuple[str, ...] = (
     "description",
     "allowed_values_or_unit",
     "source_or_loinc",
+)
+
+#: What each choice of time columns protects against (manifest, data dictionary, README).
+DATES_PROTECT: dict[str, str] = {
+    "day": "no calendar dates: whole days from each patient's first dosing session. Protects against "
+    "matching on calendar dates (admission, appointment or birth dates held elsewhere); does not protect "
+    "against matching the sequence of day gaps and scores with the clinic's own records",
+    "week": "no calendar dates: whole weeks from each patient's first dosing session (week 0 = days 0-6). "
+    "Protects against matching on calendar dates and makes exact day gaps unavailable, so sequences are "
+    "harder to match with other records; a long enough sequence of weeks and scores can still be unique",
+    "calendar": "calendar dates INCLUDED at the user's explicit request: protects against nothing "
+    "date-based; anyone who knows when a patient was treated can find their rows",
+}
+LINKAGE_NOTE = (
+    "pseudonymous, not anonymous: the patient keys are new for this export, but a patient's sequence of "
+    "days (or weeks) and scores is unique for almost every patient (98-100% in typical cohorts), so anyone "
+    "holding the clinic's records could link the rows back; share only under a data-sharing agreement"
 )
 
 SHAPE_HELP: dict[str, str] = {
@@ -83,6 +107,15 @@ _SESSION_COLUMNS: tuple[str, ...] = ingest.COLUMNS["sessions"][3:]  # dose_mg �
 
 class ExportError(ValueError):
     """A bad export request (unknown scale, phase, shape, value or date): a usage error."""
+
+
+class ExportRefused(Exception):
+    """The export's k-anonymity is under the floor: nothing is built. ``str()`` says which columns to
+    leave out."""
+
+    def __init__(self, k: KAnonymity, message: str | None = None) -> None:
+        super().__init__(message or k.refusal or "export refused")
+        self.k_anonymity = k
 
 
 def phase_choices(shape: str) -> tuple[str, ...]:
@@ -115,6 +148,7 @@ class ExportSpec:
     file_format: str = "csv"
     dates: str = "relative"
     quasi_identifiers: tuple[str, ...] | None = None
+    days: str = "day"  # relative time in days or weeks
     items: bool = True  # item responses in the long shape
 
     def checked(self) -> ExportSpec:
@@ -123,9 +157,12 @@ class ExportSpec:
             (self.shape, SHAPES, "shape"),
             (self.file_format, FORMATS, "format"),
             (self.dates, DATES, "dates"),
+            (self.days, DAYS, "days"),
         ):
             if value not in allowed:
                 raise ExportError(f"unknown {what} {value!r}; choose {', '.join(allowed)}")
+        if self.days == "week" and self.dates == "calendar":
+            raise ExportError("week-level days protect nothing when calendar dates are included: choose one")
         codes = []
         for name in self.instruments:
             inst = reg.lookup(name)
@@ -171,8 +208,11 @@ class ExportSpec:
             shape=self.shape,
             file_format=self.file_format,
             dates=self.dates,
-            quasi_identifiers=tuple(q for q in QUASI_IDENTIFIERS if q in qis),
+            quasi_identifiers=None
+            if self.quasi_identifiers is None
+            else tuple(q for q in QUASI_IDENTIFIERS if q in qis),
             items=self.items and self.shape == "long",
+            days=self.days,
         )
 
     @property
@@ -188,15 +228,26 @@ class ExportSpec:
         return DATA_FILES[self.file_format]
 
     def filters(self) -> dict[str, Any]:
-        """The request as the manifest records it."""
+        """The request as the manifest records it. With relative dates the treatment-start dates and the
+        provider codes are withheld (they would put calendar time and staff back next to the data)."""
         c = self.cohort
+        calendar = self.dates == "calendar"
+
+        def start(day: dt.date | None) -> str | None:
+            if day is None:
+                return None
+            return day.isoformat() if calendar else "withheld (relative dates)"
+
+        providers: Any = "all"
+        if c.providers:
+            providers = list(c.providers) if calendar else f"withheld ({len(c.providers)} chosen)"
         return {
             "instruments": list(self.instruments) or "all",
             "phases": list(self.phases) or "all",
-            "treatment_start_from": c.start_from.isoformat() if c.start_from else None,
-            "treatment_start_to": c.start_to.isoformat() if c.start_to else None,
+            "treatment_start_from": start(c.start_from),
+            "treatment_start_to": start(c.start_to),
             "clinics": list(c.clinics) or "all",
-            "providers": list(c.providers) or "all",
+            "providers": providers,
             "routes": list(c.routes) or "all",
             "conditions": list(c.conditions) or "all",
             "age_bands": list(self.age_bands) or "all",
@@ -248,6 +299,14 @@ _FILTER_SQL = f"""
     )"""
 
 
+def _rel(spec: ExportSpec, expr: str, name: str, wrap: str = "{}", where: str = "") -> str:
+    """A relative-time column: whole days (``name``), or whole weeks (``…_week``) when asked for;
+    ``wrap``/``where``: an aggregate around it and its FILTER clause."""
+    if spec.days == "week":
+        expr, name = f"CAST(floor(({expr}) / 7) AS INTEGER)", name.removesuffix("day") + "week"
+    return f"{wrap.format(expr)}{where} AS {name}"
+
+
 def _qi_sql(spec: ExportSpec, exclude: tuple[str, ...] = ()) -> str:
     return "".join(f"p.{q}, " for q in spec.qis if q not in exclude)
 
@@ -262,8 +321,8 @@ def _long_sql(spec: ExportSpec) -> str:
     dates = "s.assessed_on, " if spec.dates == "calendar" else ""
     n_items = max((reg.BY_CODE[c].n_items for c in spec.instruments or reg.BY_CODE), default=0)
     items = "".join(f", s.items[{i}] AS item_{i}" for i in range(1, n_items + 1)) if spec.items else ""
-    total = f"{dates}s.total, s.prorated{items}"
-    return f"""SELECT s.patient_id, {_qi_sql(spec)}s.instrument, s.phase, s.day, {total},
+    total = f"{_rel(spec, 's.day', 'day')}, {dates}s.total, s.prorated{items}"
+    return f"""SELECT s.patient_id, {_qi_sql(spec)}s.instrument, s.phase, {total},
                {_ORDER_S} AS _s1, s.assessed_at AS _s2
         FROM scores_phased s JOIN pairs USING (patient_id, instrument) SEMI JOIN eligible USING (patient_id)
         JOIN patients p USING (patient_id)
@@ -275,7 +334,7 @@ def _wide_sql(spec: ExportSpec) -> str:
     cols = [
         "any_value(o.baseline) AS baseline",
         "any_value(o.baseline_prorated) AS baseline_prorated",
-        "any_value(CAST(o.baseline_on - d.first_session AS INTEGER)) AS baseline_day",
+        _rel(spec, "CAST(o.baseline_on - d.first_session AS INTEGER)", "baseline_day", "any_value({})"),
     ]
     if calendar:
         cols.append("any_value(o.baseline_on) AS baseline_on")
@@ -284,7 +343,15 @@ def _wide_sql(spec: ExportSpec) -> str:
         where = f" FILTER (WHERE o.phase = '{phase}')"
         cols.append(f"any_value(o.endpoint){where} AS {name}")
         cols.append(f"any_value(o.endpoint_prorated){where} AS {name}_prorated")
-        cols.append(f"any_value(CAST(o.endpoint_on - d.first_session AS INTEGER)){where} AS {name}_day")
+        cols.append(
+            _rel(
+                spec,
+                "CAST(o.endpoint_on - d.first_session AS INTEGER)",
+                f"{name}_day",
+                "any_value({})",
+                where,
+            )
+        )
         if calendar:
             cols.append(f"any_value(o.endpoint_on){where} AS {name}_on")
         cols.extend(f"any_value(o.{m}){where} AS {name}_{m}" for m in _ENDPOINT_METRICS)
@@ -302,7 +369,7 @@ def _outcomes_sql(spec: ExportSpec) -> str:
         if col == "endpoint_on":
             if spec.dates == "calendar":
                 cols.append("o.endpoint_on")
-            cols.append("CAST(o.endpoint_on - d.first_session AS INTEGER) AS endpoint_day")
+            cols.append(_rel(spec, "CAST(o.endpoint_on - d.first_session AS INTEGER)", "endpoint_day"))
         elif col == "pct_change":
             cols.append("round(o.pct_change, 6) AS pct_change")
         elif col in ("baseline", "endpoint"):
@@ -323,7 +390,7 @@ def _sessions_sql(spec: ExportSpec) -> str:
     return f"""SELECT s.patient_id, {_qi_sql(spec, exclude=("route",))}
                CAST(row_number() OVER (PARTITION BY s.patient_id ORDER BY s.session_date) AS INTEGER)
                    AS session_number,
-               CAST(s.session_date - d.first_session AS INTEGER) AS day, {dates}{route}{rest},
+               {_rel(spec, "CAST(s.session_date - d.first_session AS INTEGER)", "day")}, {dates}{route}{rest},
                s.session_date AS _s1, 0 AS _s2
         FROM sessions s SEMI JOIN eligible USING (patient_id) JOIN patients p USING (patient_id)
         JOIN patient_dosing d USING (patient_id)"""
@@ -384,12 +451,18 @@ class KAnonymity:
     groups: int
     groups_below_threshold: int
     patients_in_groups_below_threshold: int
-    threshold: int = K_THRESHOLD
-    suggested_drop: tuple[str, ...] = ()  # leave these out for the most columns with k >= threshold
+    threshold: int = K_THRESHOLD  # the floor (setting k_anonymity_min)
+    suggested_drop: tuple[str, ...] = ()  # the fewest columns to leave out for k >= threshold
+    left_out_by_default: tuple[str, ...] = ()  # quasi-identifiers the default column set left out
+
+    @property
+    def refused(self) -> bool:
+        """True when the export must not be released: k under the floor."""
+        return self.k is not None and self.k < self.threshold
 
     @property
     def warning(self) -> str | None:
-        if self.k is None or self.k >= self.threshold:
+        if not self.refused:
             return None
         over = ", ".join(self.quasi_identifiers) or "no quasi-identifiers"
         text = (
@@ -401,23 +474,30 @@ class KAnonymity:
             return text + f" Leaving out {', '.join(self.suggested_drop)} gives k ≥ {self.threshold}."
         if self.quasi_identifiers:
             return (
-                text + f" Even with no quasi-identifiers the export has fewer than {self.threshold} patients."
+                text
+                + f" Even with no quasi-identifiers the export has fewer than {self.threshold} patients: "
+                "widen the filters."
             )
-        return text + f" The export has fewer than {self.threshold} patients."
+        return text + f" The export has fewer than {self.threshold} patients: widen the filters."
+
+    @property
+    def refusal(self) -> str | None:
+        """Why the export is refused, or None."""
+        return None if not self.refused else "export refused: " + (self.warning or "")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self) | {"warning": self.warning}
 
 
-def _k_anonymity(con: duckdb.DuckDBPyConnection, spec: ExportSpec, n: int) -> KAnonymity:
-    """k over every subset of the file's quasi-identifiers at once (GROUPING SETS), so the report can say
-    which to leave out. ``n``: the patients in the export."""
+def _k_by_subset(
+    con: duckdb.DuckDBPyConnection, spec: ExportSpec, n: int, floor: int
+) -> dict[tuple[str, ...], tuple[int, int, int, int]]:
+    """(k, groups, groups under ``floor``, patients in them) for every subset of the file's quasi-identifiers
+    at once (GROUPING SETS), so the report can say which to leave out. ``n``: the patients in the export."""
     qis = spec.qis
-    if n == 0:
-        return KAnonymity(qis, None, 0, 0, 0)
     if not qis:
-        below = int(n < K_THRESHOLD)
-        return KAnonymity((), n, 1, below, n * below)
+        below = int(n < floor)
+        return {(): (n, 1, below, n * below)}
     cols = ", ".join(qis)
     # Patient characteristics come from the patients table, except a sessions file's route: per session.
     source = (
@@ -436,18 +516,48 @@ def _k_anonymity(con: duckdb.DuckDBPyConnection, spec: ExportSpec, n: int) -> KA
             SELECT gid, min(n), count(*), count(*) FILTER (WHERE n < $t),
                    coalesce(sum(n) FILTER (WHERE n < $t), 0)
             FROM g GROUP BY gid""",
-        {"t": K_THRESHOLD},
+        {"t": floor},
     ).fetchall()
     # GROUPING() sets bit (len - 1 - i) when column i is *not* grouped.
     by_kept: dict[tuple[str, ...], tuple[int, int, int, int]] = {}
     for gid, k, groups, below, patients_below in rows:
         kept = tuple(q for i, q in enumerate(qis) if not gid >> (len(qis) - 1 - i) & 1)
         by_kept[kept] = (int(k), int(groups), int(below), int(patients_below))
+    return by_kept
+
+
+def _best(
+    qis: tuple[str, ...], by_kept: dict[tuple[str, ...], tuple[int, int, int, int]], floor: int
+) -> tuple[str, ...]:
+    """The most quasi-identifiers with k >= ``floor`` (then the larger k, then the earlier columns)."""
+    ok = [kept for kept, v in by_kept.items() if v[0] >= floor]
+    return max(ok, key=lambda kept: (len(kept), by_kept[kept][0], [q in kept for q in qis]), default=())
+
+
+def _resolve_qis(con: duckdb.DuckDBPyConnection, spec: ExportSpec, n: int) -> tuple[ExportSpec, KAnonymity]:
+    """The k-anonymity report; for ``quasi_identifiers=None`` first choose the default columns (the most
+    that pass the floor) and drop the others from ``export_rows``. Returns the resolved request."""
+    floor = int(db.get_settings(con).get("k_anonymity_min", K_THRESHOLD))
+    qis = spec.qis
+    if n == 0:
+        return dataclasses.replace(spec, quasi_identifiers=qis), KAnonymity(qis, None, 0, 0, 0, floor)
+    by_kept = _k_by_subset(con, spec, n, floor)
+    best = _best(qis, by_kept, floor)
+    left_out: tuple[str, ...] = ()
+    if spec.quasi_identifiers is None and best != qis:
+        left_out = tuple(q for q in qis if q not in best)
+        for q in left_out:
+            con.execute(f"ALTER TABLE export_rows DROP COLUMN {q}")
+        qis = best
     k, groups, below, patients_below = by_kept[qis]
-    ok = [kept for kept, v in by_kept.items() if v[0] >= K_THRESHOLD]
-    best = max(ok, key=lambda kept: (len(kept), by_kept[kept][0]), default=())
-    drop = () if k >= K_THRESHOLD else tuple(q for q in qis if q not in best)
-    return KAnonymity(qis, k, groups, below, patients_below, K_THRESHOLD, drop)
+    drop = () if k >= floor else tuple(q for q in qis if q not in best)
+    report = KAnonymity(qis, k, groups, below, patients_below, floor, drop, left_out)
+    return dataclasses.replace(spec, quasi_identifiers=qis), report
+
+
+def _k_anonymity(con: duckdb.DuckDBPyConnection, spec: ExportSpec, n: int) -> KAnonymity:
+    """The k-anonymity report of an export whose columns are already chosen."""
+    return _resolve_qis(con, dataclasses.replace(spec, quasi_identifiers=spec.qis), n)[1]
 
 
 # ---------------------------------------------------------------- data dictionary
@@ -492,6 +602,14 @@ def _doc(col: str, ctx: _DocContext) -> tuple[str, str, str]:
     """(description, allowed values or unit, source or LOINC) of one exported column."""
     insts = ctx.instruments
     day_rule = "whole days from the patient's first dosing session (0 = first dosing day, negative = before)"
+    if col == "week" or col.endswith("_week"):
+        week_rule = (
+            "whole weeks from the patient's first dosing session, floor(days / 7) (0 = days 0–6, "
+            "-1 = days -7 to -1)"
+        )
+        desc, _, source = _doc(col.removesuffix("week") + "day", ctx)
+        desc = desc.replace(day_rule, week_rule).replace("Day of", "Week of").replace("day of", "week of")
+        return desc, "weeks", source
     qi = "quasi-identifier (counted in the manifest's k-anonymity report)"
     ranges = _join([f"{i.code} {i.total_min}–{i.total_max}" for i in insts])
     totals = _join([f"{i.code} total LOINC {i.loinc_total}" for i in insts])
@@ -504,8 +622,10 @@ def _doc(col: str, ctx: _DocContext) -> tuple[str, str, str]:
     )
     simple: dict[str, tuple[str, str, str]] = {
         "patient_id": (
-            "Patient key for this export only: assigned in a random order from a secret that is not saved, "
-            "so it cannot be linked to clinic records or to another export",
+            "Patient key for this export only, assigned in a random order from a secret that is not saved: "
+            "the key itself does not lead back to the clinic's patient ID or to another export's key. The "
+            "rows are still pseudonymous, not anonymous: a patient's sequence of days and scores is unique "
+            "for almost every patient and can be matched with the clinic's records",
             "P0001, P0002, …",
             "kapdata export (re-keyed)",
         ),
@@ -758,14 +878,21 @@ def build(con: duckdb.DuckDBPyConnection, spec: ExportSpec, *, secret: str | Non
     fresh random one that is never stored)."""
     spec = spec.checked()
     rows, patients = _materialise(con, spec)
+    spec, k = _resolve_qis(con, spec, patients)
+    if k.refused:
+        raise ExportRefused(k)
     table = _keyed(con, secret)
-    k = _k_anonymity(con, spec, patients)
     thresholds = _thresholds(con)
+    min_cell = int(db.get_settings(con)["min_cell"])
     files = {
         spec.data_file: csv_bytes(table) if spec.file_format == "csv" else parquet_bytes(table),
         DICTIONARY_FILE: csv_bytes(_dictionary(con, spec, table.schema, thresholds)),
+        TABLE1_FILE: csv_bytes(
+            pa.Table.from_pandas(_table1(con, spec, min_cell, patients), preserve_index=False)
+        ),
     }
     calendar = spec.dates == "calendar"
+    not_exported = ["source patient ID", "provider", *(q for q in QUASI_IDENTIFIERS if q not in spec.qis)]
     manifest = {
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "software": {"kapdata": __version__, "duckdb": duckdb.__version__, "pyarrow": pa.__version__},
@@ -776,20 +903,21 @@ def build(con: duckdb.DuckDBPyConnection, spec: ExportSpec, *, secret: str | Non
         "patients": patients,
         "columns": table.schema.names,
         "dates": spec.dates,
+        "days": None if calendar else spec.days,
         "calendar_dates_included": calendar,
         "de_identification": {
             "patient_ids": "re-keyed P0001… for this export in a random order from a secret that was not "
             "saved; the mapping to source IDs was not written anywhere",
-            "dates": "calendar dates INCLUDED at the user's explicit request"
-            if calendar
-            else "no calendar dates: days relative to each patient's first dosing session",
+            "dates": DATES_PROTECT["calendar" if calendar else spec.days],
+            "linkage": LINKAGE_NOTE,
             "csv_formula_injection": "text cells starting with = + - @ (or tab / carriage return) were "
             "prefixed with ' in CSV files"
             if spec.file_format == "csv"
             else "not applicable (Parquet data file)",
-            "columns_not_exported": "source patient ID, provider",
+            "columns_not_exported": ", ".join(not_exported),
         },
         "quasi_identifiers": list(spec.qis),
+        "quasi_identifiers_left_out_by_default": list(k.left_out_by_default),
         "k_anonymity": k.as_dict(),
         "definitions_in_force": {"settings": db.get_settings(con), "instruments": thresholds},
         "files": {
@@ -804,7 +932,8 @@ def build(con: duckdb.DuckDBPyConnection, spec: ExportSpec, *, secret: str | Non
 def write_dir(
     con: duckdb.DuckDBPyConnection, spec: ExportSpec, out: str | Path, *, secret: str | None = None
 ) -> Export:
-    """Write ``DIR/data.csv`` (or ``.parquet``), ``DIR/data_dictionary.csv`` and ``DIR/manifest.json``."""
+    """Write ``DIR/data.csv`` (or ``.parquet``), ``DIR/data_dictionary.csv``, ``DIR/table1.csv`` and
+    ``DIR/manifest.json``. Nothing is written when the export is refused."""
     export = build(con, spec, secret=secret)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
@@ -814,7 +943,8 @@ def write_dir(
 
 
 def zip_bytes(con: duckdb.DuckDBPyConnection, spec: ExportSpec, *, secret: str | None = None) -> bytes:
-    """The page's download: one ``.zip`` with the data, the dictionary and the manifest."""
+    """The page's download: one ``.zip`` with the data, the dictionary, Table 1 and the manifest
+    (:class:`ExportRefused` when k is under the floor)."""
     export = build(con, spec, secret=secret)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
@@ -919,9 +1049,11 @@ def _table1(con: duckdb.DuckDBPyConnection, spec: ExportSpec, min_cell: int, tot
 
 
 def preview(con: duckdb.DuckDBPyConnection, spec: ExportSpec, n: int = 20) -> Preview:
-    """What the download would hold: the first rows, counts, k-anonymity and a suppressed Table 1."""
+    """What the download would hold: the first rows, counts, k-anonymity (``k_anonymity.refused``: no
+    download) and a suppressed Table 1. ``quasi_identifiers=None`` shows the default columns."""
     spec = spec.checked()
     rows, patients = _materialise(con, spec)
+    spec, k = _resolve_qis(con, spec, patients)
     head = _keyed(con, None, n).to_pandas()
     min_cell = int(db.get_settings(con)["min_cell"])
     return Preview(
@@ -929,7 +1061,7 @@ def preview(con: duckdb.DuckDBPyConnection, spec: ExportSpec, n: int = 20) -> Pr
         rows=rows,
         patients=patients,
         columns=list(head.columns),
-        k_anonymity=_k_anonymity(con, spec, patients),
+        k_anonymity=k,
         table1=_table1(con, spec, min_cell, patients),
         min_cell=min_cell,
     )
@@ -943,10 +1075,13 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
         help="write a de-identified research dataset with its data dictionary and manifest",
-        description="Write DIR/data.csv (or data.parquet), DIR/data_dictionary.csv and DIR/manifest.json. "
-        "Patients are re-keyed and dates are days from the first dosing session unless --dates calendar.",
+        description="Write DIR/data.csv (or data.parquet), DIR/data_dictionary.csv, DIR/table1.csv and "
+        "DIR/manifest.json. Patients are re-keyed and dates are days from the first dosing session unless "
+        "--dates calendar. By default the file keeps the most patient characteristics (age band, sex, "
+        "clinic, condition, route) for which every combination is shared by at least k_anonymity_min "
+        "patients; an export under that floor is refused (exit 3) and nothing is written.",
     )
-    p.add_argument("--out", required=True, metavar="DIR", help="folder to write the three files into")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write the four files into")
     p.add_argument("--db", help="database file (default: $KAP_DB, then data/kap.duckdb)")
     p.add_argument("--shape", default="long", help="long (default), wide, outcomes or sessions")
     p.add_argument("--format", default="csv", dest="file_format", help="csv (default) or parquet")
@@ -966,7 +1101,26 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--condition", action="append", default=[], metavar="NAME")
     p.add_argument("--start-from", metavar="DATE", help="first dosing session on or after (YYYY-MM-DD)")
     p.add_argument("--start-to", metavar="DATE", help="first dosing session on or before (YYYY-MM-DD)")
-    p.add_argument("--dates", default="relative", help="relative (default: days) or calendar")
+    p.add_argument(
+        "--dates",
+        default="relative",
+        help="relative (default: no calendar dates; protects against matching on dates) or calendar "
+        "(dates included: protects against nothing date-based)",
+    )
+    p.add_argument(
+        "--days",
+        default="day",
+        help="with relative dates: day (default, whole days from the first dose) or week (whole weeks: no "
+        "exact day gaps, so score sequences are harder to match with other records)",
+    )
+    p.add_argument(
+        "--without",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="leave out this patient characteristic: age_band, sex, clinic, primary_condition, route "
+        "(repeat; with --without the file keeps every other one, and the k-anonymity floor still applies)",
+    )
     p.set_defaults(handler=cmd_export)
 
 
@@ -990,46 +1144,72 @@ def _resolve(values: Sequence[str], known: Sequence[str], what: str) -> tuple[st
     return tuple(out)
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    """Run ``export``: 0 with one summary line; 2 for bad usage; 1 for other failures (one line, stderr)."""
-    try:
-        cohort = CohortFilter(
-            start_from=_date(args.start_from, "--start-from"), start_to=_date(args.start_to, "--start-to")
-        )
-        spec = ExportSpec(
-            cohort=cohort,
-            instruments=tuple(args.instrument),
-            phases=tuple(args.phase),
-            shape=args.shape,
-            file_format=args.file_format,
-            dates=args.dates,
-        ).checked()
-        with db.reader(args.db) as con:
-            opts = filters.filter_options(con)
-            cohort = CohortFilter(
-                start_from=cohort.start_from,
-                start_to=cohort.start_to,
-                clinics=_resolve(args.clinic, opts.clinics, "clinic"),
-                routes=_resolve(args.route, opts.routes, "route"),
-                conditions=_resolve(args.condition, opts.conditions, "condition"),
+def _without(names: Sequence[str] | None, shape: str) -> tuple[str, ...] | None:
+    """``--without`` names → the quasi-identifiers to keep (None: the default set that passes)."""
+    if names is None:
+        return None
+    for name in names:
+        if name not in QUASI_IDENTIFIERS:
+            raise ExportError(
+                f"--without {name!r}: not a patient characteristic; one of {', '.join(QUASI_IDENTIFIERS)}"
             )
-            spec = dataclasses.replace(spec, cohort=cohort)
+    return tuple(q for q in default_quasi_identifiers(shape) if q not in names)
+
+
+def _refusal_hint(k: KAnonymity, given: Sequence[str] = ()) -> str:
+    """The refusal, with the options that would pass (``given``: the ``--without`` names already used)."""
+    if k.suggested_drop and set(k.suggested_drop) != set(k.quasi_identifiers):
+        names = [q for q in QUASI_IDENTIFIERS if q in given or q in k.suggested_drop]
+        return f"{k.refusal} Run again with " + " ".join(f"--without {q}" for q in names) + "."
+    return k.refusal or "export refused"
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Run ``export``: 0 with one summary line; :class:`ExportError` (exit 2) for bad usage;
+    :class:`ExportRefused` (exit 3) under the k-anonymity floor; other failures go to the command line's
+    own one-line handler."""
+    cohort = CohortFilter(
+        start_from=_date(args.start_from, "--start-from"), start_to=_date(args.start_to, "--start-to")
+    )
+    spec = ExportSpec(
+        cohort=cohort,
+        instruments=tuple(args.instrument),
+        phases=tuple(args.phase),
+        shape=args.shape,
+        file_format=args.file_format,
+        dates=args.dates,
+        days=getattr(args, "days", "day"),
+        quasi_identifiers=_without(getattr(args, "without", None), args.shape),
+    ).checked()
+    with db.reader(args.db) as con:
+        opts = filters.filter_options(con)
+        cohort = CohortFilter(
+            start_from=cohort.start_from,
+            start_to=cohort.start_to,
+            clinics=_resolve(args.clinic, opts.clinics, "clinic"),
+            routes=_resolve(args.route, opts.routes, "route"),
+            conditions=_resolve(args.condition, opts.conditions, "condition"),
+        )
+        spec = dataclasses.replace(spec, cohort=cohort)
+        try:
             export = write_dir(con, spec, args.out)
-    except ExportError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (db.NoDatabase, db.DatabaseBusy, OSError, duckdb.Error) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        except ExportRefused as exc:
+            raise ExportRefused(
+                exc.k_anonymity, _refusal_hint(exc.k_anonymity, getattr(args, "without", None) or ())
+            ) from None
     k = export.k_anonymity
     files = ", ".join(str(Path(args.out) / name) for name in export.files)
     qis = ", ".join(k["quasi_identifiers"]) or "none"
+    left_out = (
+        f" (left out to reach k ≥ {k['threshold']}: {', '.join(k['left_out_by_default'])})"
+        if k["left_out_by_default"]
+        else ""
+    )
+    days = "" if export.spec.dates == "calendar" else f" in {export.spec.days}s"
     print(
         f"{files}: {export.rows:,} rows, {export.patients:,} patients ({spec.shape}, {spec.file_format}, "
-        f"{spec.dates} dates); k-anonymity {k['k'] if k['k'] is not None else '-'} over {qis}"
+        f"{spec.dates} dates{days}); k-anonymity {k['k'] if k['k'] is not None else '-'} over {qis}{left_out}"
     )
-    if k["warning"]:
-        print(f"warning: {k['warning']}", file=sys.stderr)
     if export.rows == 0:
         print("warning: the filters match no data; the files hold headers only", file=sys.stderr)
     return 0

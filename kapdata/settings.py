@@ -105,6 +105,15 @@ GENERAL: tuple[Spec, ...] = (
         "A figure built from fewer patients than this is suppressed in research views and exports and "
         "marked in director views.",
     ),
+    Spec(
+        "k_anonymity_min",
+        "Research export k-anonymity floor",
+        "patients",
+        2,
+        100,
+        "A research export is refused unless every combination of its patient characteristics (age band, "
+        "sex, clinic, condition, route) is shared by at least this many patients.",
+    ),
 )
 GENERAL_BY_KEY: dict[str, Spec] = {s.key: s for s in GENERAL}
 

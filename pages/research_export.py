@@ -9,7 +9,11 @@ from kapui import export as ui
 
 SHAPE_LABELS = {"long": "Long", "wide": "Wide", "outcomes": "Outcomes", "sessions": "Sessions"}
 FORMAT_LABELS = {"csv": "CSV", "parquet": "Parquet"}
-DATE_LABELS = {"relative": "Days from first dose", "calendar": "Calendar dates"}
+DATE_LABELS = {
+    "relative": "Days from first dose",
+    "week": "Weeks from first dose",
+    "calendar": "Calendar dates",
+}
 QI_LABELS = {
     "age_band": "Age band",
     "sex": "Sex",
@@ -24,7 +28,9 @@ version = kapui.data_version(path)
 cohort = kapui.sidebar_filters(path)
 opts = kapui.filter_options(path, version)
 if QI_KEY not in st.session_state:
-    st.session_state[QI_KEY] = list(ex.QUASI_IDENTIFIERS)
+    # The default columns: the most patient characteristics that pass the k-anonymity floor.
+    default = ui.preview(path, version, ex.ExportSpec(cohort=cohort)).k_anonymity.quasi_identifiers
+    st.session_state[QI_KEY] = list(default)
 
 
 def leave_out(columns: tuple[str, ...]) -> None:
@@ -34,8 +40,9 @@ def leave_out(columns: tuple[str, ...]) -> None:
 st.title("Research export")
 st.caption(
     "A de-identified dataset for research. Patients are re-keyed for every export (P0001…), dates become "
-    "days from the first dosing session, and the download holds the data, a data dictionary and a manifest "
-    "that records how it was made. Treatment start, clinic, provider, route and condition are in the sidebar."
+    "days from the first dosing session, and the download holds the data, a data dictionary, Table 1 and a "
+    "manifest that records how it was made. An export whose k-anonymity is under the floor (a setting) is "
+    "refused. Treatment start, clinic, provider, route and condition are in the sidebar."
 )
 
 with st.container(border=True):
@@ -58,16 +65,20 @@ with st.container(border=True):
         key="rx_format",
         wrap=True,
     )
-    dates = c[2].segmented_control(
+    dates_choice = c[2].segmented_control(
         "Dates",
-        ex.DATES,
+        tuple(DATE_LABELS),
         format_func=DATE_LABELS.get,
         required=True,
         default="relative",
         key="rx_dates",
         wrap=True,
-        help="Days from the patient's first dosing session (default), or calendar dates as well.",
+        help="Days from the patient's first dosing session (default: no calendar dates to match on); "
+        "weeks (no exact day gaps either, so score sequences are harder to match with the clinic's "
+        "records); or calendar dates as well (protects against nothing date-based).",
     )
+    dates = "calendar" if dates_choice == "calendar" else "relative"
+    days = "week" if dates_choice == "week" else "day"
     st.caption(f"**{SHAPE_LABELS[shape]}**: {ex.SHAPE_HELP[shape]}.")
     if dates == "calendar":
         st.warning(
@@ -139,6 +150,7 @@ spec = ex.ExportSpec(
     dates=dates,
     quasi_identifiers=tuple(qis),
     items=items,
+    days=days,
 )
 pv = ui.preview(path, version, spec)
 k = pv.k_anonymity
@@ -152,27 +164,30 @@ m[3].metric(
     "k-anonymity",
     "–" if k.k is None else f"{k.k:,}",
     help=f"The fewest patients sharing one combination of {', '.join(k.quasi_identifiers) or 'no columns'}. "
-    f"Under {k.threshold} is a warning.",
+    f"Under {k.threshold} (the k-anonymity floor setting) the export is refused.",
 )
-m[4].download_button(
-    f"Download .zip ({SHAPE_LABELS[shape].lower()}, {FORMAT_LABELS[file_format]})",
-    data=ui.download(path, spec),
-    file_name=ex.zip_name(spec),
-    mime="application/zip",
-    on_click="ignore",
-    type="primary",
-    icon=":material/download:",
-    disabled=pv.rows == 0,
-    key="rx_download",
-    help=f"{spec.data_file}, {ex.DICTIONARY_FILE} and {ex.MANIFEST_FILE} (filters, counts, definitions in "
-    "force, sha256 of each file, k-anonymity).",
-)
+if k.refused:
+    m[4].error("Download refused: k-anonymity under the floor.", icon=":material/block:")
+else:
+    m[4].download_button(
+        f"Download .zip ({SHAPE_LABELS[shape].lower()}, {FORMAT_LABELS[file_format]})",
+        data=ui.download(path, spec),
+        file_name=ex.zip_name(spec),
+        mime="application/zip",
+        on_click="ignore",
+        type="primary",
+        icon=":material/download:",
+        disabled=pv.rows == 0,
+        key="rx_download",
+        help=f"{spec.data_file}, {ex.DICTIONARY_FILE}, {ex.TABLE1_FILE} and {ex.MANIFEST_FILE} (filters, "
+        "counts, definitions in force, sha256 of each file, k-anonymity).",
+    )
 m[4].caption("Patient keys are drawn afresh for each download.")
 if pv.rows == 0:
     st.info("No data matches these filters.")
 if k.warning:
     w = st.columns([5, 1], vertical_alignment="center")
-    w[0].warning(k.warning, icon=":material/warning:")
+    w[0].error(k.refusal or k.warning, icon=":material/block:")
     if k.suggested_drop and shape != "outcomes":
         labels = ", ".join(QI_LABELS[q] for q in k.suggested_drop)
         w[1].button(

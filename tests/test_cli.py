@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from tests.conftest import (
@@ -344,8 +345,10 @@ def test_a_file_that_is_not_a_database_is_an_error_not_a_traceback(tmp_path):
     for args in (["outcomes", "--out", "o.csv"], ["undo", "1"]):
         proc = run_cli(*args, "--db", "notadb.duckdb", cwd=tmp_path)
         assert proc.returncode == 1, (args, proc.stderr)
-        assert proc.stderr.startswith("error: ") and "not a valid DuckDB database file" in proc.stderr
-        assert "Traceback" not in proc.stderr
+        assert proc.stderr == (
+            "error: The database file (notadb.duckdb) could not be read: it may be damaged, truncated or not "
+            "a KAP Outcomes database. Restore it from a backup, or point --db / KAP_DB at the right file.\n"
+        )  # the engine's own words ("not a valid DuckDB database file") are not shown
 
 
 def test_init_loads_a_sample_folder_once(tmp_path):
@@ -447,3 +450,159 @@ def test_caseload_commands_reject_bad_input_without_a_traceback(tmp_path):
     assert no_flag.returncode == 2 and "no safety flag to acknowledge" in no_flag.stderr
     assert "Traceback" not in bad_date.stderr + no_flag.stderr
     assert not (tmp_path / "c.csv").exists()
+
+
+def bad_targets(tmp_path: Path) -> None:
+    """kap.duckdb (loaded), afile (a regular file), adir (a folder), junk.duckdb (not a database)."""
+    load(tmp_path / "kap.duckdb", *outcome_files(tmp_path))
+    write_text(tmp_path / "afile", "hello\n")
+    (tmp_path / "adir").mkdir()
+    write_text(tmp_path / "junk.duckdb", "this is not a database\n")
+
+
+DB_JUNK = (
+    "error: The database file (junk.duckdb) could not be read: it may be damaged, truncated or not a KAP "
+    "Outcomes database. Restore it from a backup, or point --db / KAP_DB at the right file."
+)
+DB_DIR = "error: The database path (adir) is not a file. Check --db or KAP_DB."
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        # --out: a folder, a path under a device, a path under a regular file (as root a chmod'ed folder
+        # is still writable, so a parent that is a file stands in for "cannot write here")
+        (
+            ("outcomes", "--db", "kap.duckdb", "--out", "adir"),
+            1,
+            "error: --out adir: is a folder, not a file",
+        ),
+        (
+            ("outcomes", "--db", "kap.duckdb", "--out", "/dev/null/x"),
+            1,
+            "error: --out /dev/null/x: /dev/null is not a folder",
+        ),
+        (
+            ("outcomes", "--db", "kap.duckdb", "--out", "afile/x"),
+            1,
+            "error: --out afile/x: afile is not a folder",
+        ),
+        (("summary", "--db", "kap.duckdb", "--out", "adir"), 1, "error: --out adir: is a folder, not a file"),
+        (
+            ("summary", "--db", "kap.duckdb", "--out", "afile/x"),
+            1,
+            "error: --out afile/x: afile is not a folder",
+        ),
+        (
+            ("caseload", "--db", "kap.duckdb", "--out", "adir"),
+            1,
+            "error: --out adir: is a folder, not a file",
+        ),
+        (
+            ("caseload", "--db", "kap.duckdb", "--out", "/dev/null/x"),
+            1,
+            "error: --out /dev/null/x: /dev/null is not a folder",
+        ),
+        (("sample", "--patients", "2", "--out", "afile"), 1, "error: --out afile: is a file, not a folder"),
+        (
+            ("sample", "--patients", "2", "--out", "afile/sub"),
+            1,
+            "error: --out afile/sub: afile is not a folder",
+        ),
+        (
+            ("export", "--db", "kap.duckdb", "--out", "afile"),
+            1,
+            "error: --out afile: is a file, not a folder",
+        ),
+        (
+            ("export", "--db", "kap.duckdb", "--out", "/dev/null/x"),
+            1,
+            "error: --out /dev/null/x: /dev/null is not a folder",
+        ),
+        (
+            ("load", "s.csv", "--db", "kap.duckdb", "--on-error", "quarantine", "--rejects", "adir"),
+            1,
+            "error: --rejects adir: is a folder, not a file",
+        ),
+        # load: a folder or a device is refused before reading (/dev/zero used to hang)
+        (
+            ("load", "adir", "--db", "kap.duckdb"),
+            2,
+            "error: adir: is a folder, not a file; give the files inside it",
+        ),
+        (
+            ("load", "/dev/zero", "--db", "kap.duckdb"),
+            2,
+            "error: /dev/zero: is not a regular file (a device or a pipe)",
+        ),
+        # --db: junk, a folder, a device, under a regular file
+        (("outcomes", "--db", "junk.duckdb", "--out", "o.csv"), 1, DB_JUNK),
+        (("summary", "--db", "junk.duckdb"), 1, DB_JUNK),
+        (("batches", "--db", "junk.duckdb"), 1, DB_JUNK),
+        (("settings", "--db", "junk.duckdb"), 1, DB_JUNK),
+        (("caseload", "--db", "junk.duckdb", "--out", "c.csv"), 1, DB_JUNK),
+        (("discharge", "P1", "--db", "junk.duckdb"), 1, DB_JUNK),
+        (("export", "--db", "junk.duckdb", "--out", "e"), 1, DB_JUNK),
+        (("load", "s.csv", "--db", "junk.duckdb"), 1, DB_JUNK),
+        (("batches", "--db", "adir"), 1, DB_DIR),
+        (("init", "--db", "adir"), 1, DB_DIR),
+        (("undo", "1", "--db", "adir"), 1, DB_DIR),
+        (("load", "s.csv", "--db", "adir"), 1, DB_DIR),
+        (("init", "--db", "afile/x.duckdb"), 1, "error: The database path (afile/x.duckdb) is not a file."),
+        (("summary", "--db", "/dev/null"), 1, "error: the database path (/dev/null) is not a regular file."),
+        # bad usage is one line too
+        (
+            ("outcomes",),
+            2,
+            "error: the following arguments are required: --out (see: python -m kapdata outcomes --help)",
+        ),
+    ],
+)
+def test_every_failure_is_one_line_without_a_traceback(tmp_path, args, code, message):
+    bad_targets(tmp_path)
+    write_text(tmp_path / "s.csv", csv_lines(SCORES_HEADER, [("P1", "PHQ-9", "2025-06-01", 10)]))
+    before = snapshot(tmp_path / "kap.duckdb")
+    proc = run_cli(*args, cwd=tmp_path, timeout=30)
+    assert proc.returncode == code, proc.stderr
+    assert proc.stderr.splitlines() == [proc.stderr.strip()]
+    assert proc.stderr.startswith(message)
+    assert "Traceback" not in proc.stderr and "Error:" not in proc.stderr  # no engine message
+    assert snapshot(tmp_path / "kap.duckdb") == before
+    assert (tmp_path / "afile").read_text() == "hello\n"
+
+
+@pytest.mark.parametrize(
+    ("exc", "message"),
+    [
+        (PermissionError(13, "Permission denied", "/srv/out.csv"), "error: /srv/out.csv: permission denied"),
+        (IsADirectoryError(21, "Is a directory", "/srv/out"), "error: /srv/out: is a folder, not a file"),
+        (
+            FileNotFoundError(2, "No such file or directory", "/srv/x/o.csv"),
+            "error: /srv/x/o.csv: no such file or folder",
+        ),
+        (OSError(28, "No space left on device", "/srv/o.csv"), "error: /srv/o.csv: the disk is full"),
+        (
+            duckdb.IOException("IO Error: Cannot open file /secret/engine/path"),
+            "error: The database file (kap.duckdb) could not be read",
+        ),
+        (ZeroDivisionError("division by zero"), "error: something unexpected went wrong (ZeroDivisionError)"),
+    ],
+)
+def test_the_top_level_handler_turns_any_exception_into_one_line(monkeypatch, capsys, exc, message):
+    from kapdata import __main__ as cli
+
+    def boom(_args):
+        raise exc
+
+    monkeypatch.delenv("KAP_DEBUG", raising=False)
+    monkeypatch.setitem(cli.COMMANDS, "batches", boom)
+    monkeypatch.setattr(cli, "_check_db", lambda _args: None)
+    assert cli.main(["batches", "--db", "kap.duckdb"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1
+    assert "Permission denied" not in err and "/secret" not in err and "division by zero" not in err
+
+
+def test_our_own_errors_keep_their_message_and_code(tmp_path):
+    proc = run_cli("sample", "--patients", "0", "--out", "s", cwd=tmp_path)
+    assert (proc.returncode, proc.stderr) == (2, "error: --patients must be at least 1\n")

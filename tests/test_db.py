@@ -28,6 +28,7 @@ def test_session_creates_the_schema_seeds_registry_and_settings(db_file):
             "min_cell": 11,
             "baseline_max_days": 90,
             "dosing_complete_sessions": 4,
+            "k_anonymity_min": 5,
         }
         rows = con.execute(
             "SELECT code, n_items, item_max, total_max, caseness, response_pct, remission_below, "

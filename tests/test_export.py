@@ -79,7 +79,13 @@ SOURCE_DATES = (
 ISO_DATE = re.compile(rb"\d{4}-\d{2}-\d{2}")
 
 
-def make_db(folder: Path, patients: str = PATIENTS, sessions: str = SESSIONS, scores: str = SCORES) -> Path:
+def make_db(
+    folder: Path,
+    patients: str = PATIENTS,
+    sessions: str = SESSIONS,
+    scores: str = SCORES,
+    k_floor: int | None = 1,
+) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     files = []
     for name, text in (("patients.csv", patients), ("sessions.csv", sessions), ("scores.csv", scores)):
@@ -88,6 +94,10 @@ def make_db(folder: Path, patients: str = PATIENTS, sessions: str = SESSIONS, sc
             files.append(folder / name)
     path = folder / "kap.duckdb"
     ingest.load_files(files, path)
+    if k_floor is not None:
+        # Four patients cannot pass any real floor: most tests look at the columns, not the refusal, so
+        # the fixture's floor is 1 (below the settings page's range of 2-100; written straight to SQL).
+        set_value(path, "INSERT OR REPLACE INTO settings VALUES ('k_anonymity_min', ?)", [k_floor])
     return path
 
 
@@ -353,42 +363,94 @@ def test_neutralise_formulas_prefixes_each_dangerous_first_character() -> None:
     assert out.column("n").to_pylist() == [-1] * 8
 
 
-def test_k_anonymity_is_the_smallest_group_over_the_quasi_identifiers_in_the_file(fx_db: Path) -> None:
-    export = build(fx_db)
-    k = export.k_anonymity
+def k_report(path: Path, spec: ex.ExportSpec | None = None) -> ex.KAnonymity:
+    with db.reader(path) as con:
+        return ex.preview(con, spec or ex.ExportSpec()).k_anonymity
+
+
+SIX = (
+    "patient_id,clinic,provider,age_band,sex,primary_condition,route\n"
+    + "".join(
+        f"{i},{'South' if i == 'S9' else 'North'},PR1,25-34,female,MDD,IV\n"
+        for i in ("S0", "S1", "S2", "S3", "S4", "S9")
+    ),
+    "",
+    "patient_id,instrument,assessed_on,total\n"
+    + "".join(f"{i},PHQ-9,2025-01-02,10\n" for i in ("S0", "S1", "S2", "S3", "S4", "S9")),
+)
+
+
+def six_db(folder: Path) -> Path:
+    """Six patients alike but for S9's clinic (South); the default floor (5)."""
+    return make_db(folder, *SIX, k_floor=None)
+
+
+def test_k_anonymity_is_the_smallest_group_over_the_quasi_identifiers_in_the_file(tmp_path: Path) -> None:
+    path = make_db(tmp_path, k_floor=None)  # the real floor, 5
+    k = k_report(path, ex.ExportSpec(quasi_identifiers=ex.QUASI_IDENTIFIERS))
     # K-A1 and K-B2 share every quasi-identifier; K-C3 and K-D4 are alone.
-    assert k["quasi_identifiers"] == ex.QUASI_IDENTIFIERS
-    assert (k["k"], k["groups"], k["groups_below_threshold"], k["patients_in_groups_below_threshold"]) == (
-        1,
-        3,
-        3,
-        4,
-    )
-    assert "k-anonymity is 1 (under 5)" in k["warning"]
-    two = build(fx_db, ex.ExportSpec(quasi_identifiers=("sex", "age_band")))
+    assert k.quasi_identifiers == ex.QUASI_IDENTIFIERS
+    assert (k.k, k.groups, k.groups_below_threshold, k.patients_in_groups_below_threshold) == (1, 3, 3, 4)
+    assert k.threshold == 5 and k.refused
+    assert "k-anonymity is 1 (under 5)" in k.warning
+    two = build(fx_path := make_db(tmp_path / "low"), ex.ExportSpec(quasi_identifiers=("sex", "age_band")))
     assert two.k_anonymity["quasi_identifiers"] == ("age_band", "sex")
     assert [c for c in data_frame(two).columns if c in ex.QUASI_IDENTIFIERS] == ["age_band", "sex"]
     assert two.manifest["quasi_identifiers"] == ["age_band", "sex"]
-    outcomes = build(fx_db, ex.ExportSpec(shape="outcomes"))
+    outcomes = build(fx_path, ex.ExportSpec(shape="outcomes"))
     assert outcomes.k_anonymity["quasi_identifiers"] == ()
     assert outcomes.k_anonymity["k"] == 4  # no quasi-identifiers: every patient in one group
 
 
 def test_k_anonymity_suggests_the_columns_to_leave_out(tmp_path: Path) -> None:
-    ids = ("S0", "S1", "S2", "S3", "S4", "S9")
-    path = make_db(
-        tmp_path,
-        patients="patient_id,clinic,provider,age_band,sex,primary_condition,route\n"
-        + "".join(f"{i},{'South' if i == 'S9' else 'North'},PR1,25-34,female,MDD,IV\n" for i in ids),
-        sessions="",
-        scores="patient_id,instrument,assessed_on,total\n"
-        + "".join(f"{i},PHQ-9,2025-01-02,10\n" for i in ids),
-    )
-    k = build(path).k_anonymity
-    assert (k["k"], k["suggested_drop"]) == (1, ("clinic",))
-    assert k["warning"].endswith("Leaving out clinic gives k ≥ 5.")
+    path = six_db(tmp_path)
+    k = k_report(path, ex.ExportSpec(quasi_identifiers=ex.QUASI_IDENTIFIERS))
+    assert (k.k, k.suggested_drop) == (1, ("clinic",))
+    assert k.warning.endswith("Leaving out clinic gives k ≥ 5.")
     assert build(path, ex.ExportSpec(quasi_identifiers=("age_band", "sex"))).k_anonymity["k"] == 6
     assert build(path, ex.ExportSpec(quasi_identifiers=("age_band", "sex"))).k_anonymity["warning"] is None
+
+
+def test_an_export_under_the_floor_is_refused_and_names_the_columns_to_leave_out(tmp_path: Path) -> None:
+    path = six_db(tmp_path)
+    spec = ex.ExportSpec(quasi_identifiers=ex.QUASI_IDENTIFIERS)
+    with db.reader(path) as con:
+        for make in (ex.build, ex.zip_bytes):
+            with pytest.raises(
+                ex.ExportRefused, match=r"^export refused: k-anonymity is 1 \(under 5\)"
+            ) as info:
+                make(con, spec)
+            assert str(info.value).endswith("Leaving out clinic gives k ≥ 5.")
+        with pytest.raises(ex.ExportRefused):
+            ex.write_dir(con, spec, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_default_columns_are_the_most_quasi_identifiers_that_pass_the_floor(tmp_path: Path) -> None:
+    path = six_db(tmp_path)
+    export = build(path)  # no columns chosen: clinic (S9 alone in South) is left out
+    assert [c for c in data_frame(export).columns if c in ex.QUASI_IDENTIFIERS] == [
+        "age_band",
+        "sex",
+        "primary_condition",
+        "route",
+    ]
+    assert export.k_anonymity["k"] == 6
+    assert export.manifest["quasi_identifiers_left_out_by_default"] == ["clinic"]
+    assert "clinic" in export.manifest["de_identification"]["columns_not_exported"]
+    assert k_report(path).left_out_by_default == ("clinic",)
+
+
+def test_the_floor_is_the_k_anonymity_min_setting(tmp_path: Path) -> None:
+    path = six_db(tmp_path)
+    set_value(path, "UPDATE settings SET value = ? WHERE key = 'k_anonymity_min'", [7])
+    k = k_report(path)
+    assert (k.threshold, k.k, k.quasi_identifiers, k.refused) == (7, 6, (), True)
+    assert k.warning.endswith("The export has fewer than 7 patients: widen the filters.")
+    with db.reader(path) as con, pytest.raises(ex.ExportRefused, match="fewer than 7 patients"):
+        ex.build(con, ex.ExportSpec())
+    set_value(path, "UPDATE settings SET value = ? WHERE key = 'k_anonymity_min'", [2])
+    assert k_report(path, ex.ExportSpec(quasi_identifiers=ex.QUASI_IDENTIFIERS)).refused
 
 
 # ---------------------------------------------------------------- manifest and files
@@ -399,8 +461,13 @@ def test_manifest_sha256_matches_each_written_file(fx_db: Path, tmp_path: Path) 
     with db.reader(fx_db) as con:
         ex.write_dir(con, ex.ExportSpec(shape="wide", file_format="parquet"), out)
     manifest = json.loads((out / ex.MANIFEST_FILE).read_text(encoding="utf-8"))
-    assert sorted(p.name for p in out.iterdir()) == ["data.parquet", "data_dictionary.csv", "manifest.json"]
-    assert set(manifest["files"]) == {"data.parquet", "data_dictionary.csv"}
+    assert sorted(p.name for p in out.iterdir()) == [
+        "data.parquet",
+        "data_dictionary.csv",
+        "manifest.json",
+        "table1.csv",
+    ]
+    assert set(manifest["files"]) == {"data.parquet", "data_dictionary.csv", "table1.csv"}
     for name, meta in manifest["files"].items():
         data = (out / name).read_bytes()
         assert meta == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
@@ -458,10 +525,79 @@ def test_zip_holds_data_dictionary_and_manifest(fx_db: Path) -> None:
     with db.reader(fx_db) as con:
         data = ex.zip_bytes(con, ex.ExportSpec(shape="sessions"), secret=SECRET)
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
-        assert zf.namelist() == ["data.csv", "data_dictionary.csv", "manifest.json"]
+        assert zf.namelist() == ["data.csv", "data_dictionary.csv", "table1.csv", "manifest.json"]
         manifest = json.loads(zf.read("manifest.json"))
         assert zf.read("data.csv") == (GOLDEN / "sessions.csv").read_bytes()
         assert manifest["files"]["data.csv"]["sha256"] == hashlib.sha256(zf.read("data.csv")).hexdigest()
+        table1 = zf.read("table1.csv")
+    assert manifest["files"]["table1.csv"]["sha256"] == hashlib.sha256(table1).hexdigest()
+    # Four patients, min_cell 11: Table 1 is the suppressed count alone, as on the page.
+    assert table1.decode().splitlines() == ['"Characteristic","Group","Patients"', '"Patients","all","<11"']
+
+
+def test_table1_in_the_zip_is_the_preview_table1(own_db: Path) -> None:
+    set_value(own_db, "UPDATE settings SET value = ? WHERE key = 'min_cell'", [2])
+    with db.reader(own_db) as con:
+        shown = ex.preview(con, ex.ExportSpec()).table1
+        data = ex.zip_bytes(con, ex.ExportSpec(), secret=SECRET)
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        table1 = pd.read_csv(io.BytesIO(zf.read("table1.csv")), dtype=str, keep_default_na=False)
+    assert table1.values.tolist() == shown.values.tolist()
+    assert table1.values.tolist()[:3] == [
+        ["Patients", "all", "4"],
+        ["Age band", "25-34", "2 (50%)"],
+        ["Age band", "35-44", "<2"],
+    ]
+
+
+def test_relative_manifest_withholds_start_dates_and_provider_codes(fx_db: Path) -> None:
+    cohort = CohortFilter(
+        start_from=dt.date(2025, 3, 1), start_to=dt.date(2025, 5, 31), providers=("PR1", "PR2")
+    )
+    export = build(fx_db, ex.ExportSpec(cohort=cohort))
+    text = export.files[ex.MANIFEST_FILE].decode()
+    assert "PR1" not in text and "PR2" not in text
+    assert "2025-03-01" not in text and "2025-05-31" not in text
+    f = export.manifest["filters"]
+    assert (f["treatment_start_from"], f["treatment_start_to"], f["providers"]) == (
+        "withheld (relative dates)",
+        "withheld (relative dates)",
+        "withheld (2 chosen)",
+    )
+    assert build(fx_db, ex.ExportSpec()).manifest["filters"]["treatment_start_from"] is None
+    calendar = build(fx_db, ex.ExportSpec(cohort=cohort, dates="calendar")).manifest["filters"]
+    assert (calendar["treatment_start_from"], calendar["providers"]) == ("2025-03-01", ["PR1", "PR2"])
+
+
+def test_week_level_days_replace_every_day_column(fx_db: Path) -> None:
+    long = build(fx_db, ex.ExportSpec(days="week", items=False))
+    frame = data_frame(long)
+    assert "day" not in frame and "week" in frame
+    # P0003 = K-A1 (first dose 1 March): GAD-7 days -4, 50 → weeks -1, 7; PHQ-9 days -4, 9, 50 → -1, 1, 7.
+    assert frame.loc[frame["patient_id"] == "P0003", "week"].tolist() == ["-1", "7", "-1", "1", "7"]
+    assert long.manifest["days"] == "week"
+    assert "whole weeks" in long.manifest["de_identification"]["dates"]
+    dictionary = pd.read_csv(io.BytesIO(long.files[ex.DICTIONARY_FILE]), dtype=str).set_index("column")
+    assert dictionary.loc["week", "allowed_values_or_unit"] == "weeks"
+    assert dictionary.loc["week", "description"].startswith("Week of the questionnaire: whole weeks")
+    wide = data_frame(build(fx_db, ex.ExportSpec(shape="wide", days="week")))
+    assert {"baseline_week", "dosing_week", "latest_week"} <= set(wide.columns)
+    assert not any(c.endswith("_day") for c in wide.columns)
+    outcomes = data_frame(build(fx_db, ex.ExportSpec(shape="outcomes", days="week")))
+    assert "endpoint_week" in outcomes and "endpoint_day" not in outcomes
+    sessions = data_frame(build(fx_db, ex.ExportSpec(shape="sessions", days="week")))
+    assert sorted(sessions["week"]) == ["0", "0", "0", "2"]  # K-A1's second session: day 14
+    with pytest.raises(ex.ExportError, match="week-level days protect nothing"):
+        ex.ExportSpec(days="week", dates="calendar").checked()
+
+
+def test_dictionary_does_not_claim_the_keys_cannot_be_linked(fx_db: Path) -> None:
+    export = build(fx_db)
+    dictionary = pd.read_csv(io.BytesIO(export.files[ex.DICTIONARY_FILE]), dtype=str).set_index("column")
+    text = dictionary.loc["patient_id", "description"]
+    assert "cannot be linked" not in text
+    assert "pseudonymous, not anonymous" in text and "sequence of days and scores" in text
+    assert "pseudonymous, not anonymous" in export.manifest["de_identification"]["linkage"]
 
 
 def test_bad_requests_are_usage_errors() -> None:
@@ -562,8 +698,8 @@ def test_cli_export_writes_data_dictionary_and_manifest(fx_db: Path, tmp_path: P
     res = run_export("--db", str(fx_db), "--out", str(out), cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert len(res.stdout.splitlines()) == 1
-    assert "10 rows, 4 patients (long, csv, relative dates)" in res.stdout
-    assert "warning: k-anonymity is 1 (under 5)" in res.stderr
+    assert "10 rows, 4 patients (long, csv, relative dates in days)" in res.stdout
+    assert "table1.csv" in res.stdout and res.stderr == ""
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert (manifest["rows"], manifest["patients"], manifest["dates"]) == (10, 4, "relative")
     frame = pd.read_csv(out / "data.csv", dtype=str, keep_default_na=False)
@@ -617,3 +753,47 @@ def test_cli_export_without_a_database_exits_1(tmp_path: Path) -> None:
     assert res.returncode == 1
     assert res.stderr.startswith("error: no database at")
     assert "Traceback" not in res.stderr
+
+
+def test_cli_export_under_the_floor_exits_3_naming_the_options_and_writes_nothing(tmp_path: Path) -> None:
+    path = six_db(tmp_path / "db")
+    out = tmp_path / "x"
+    res = run_export("--db", str(path), "--out", str(out), "--without", "route", cwd=tmp_path)
+    assert res.returncode == 3, res.stderr
+    assert res.stderr.splitlines() == [res.stderr.strip()]
+    assert res.stderr.startswith(
+        "error: export refused: k-anonymity is 1 (under 5) over age_band, sex, clinic,"
+    )
+    assert res.stderr.strip().endswith("Run again with --without clinic --without route.")
+    assert "Traceback" not in res.stderr and not out.exists()
+    res = run_export(
+        "--db", str(path), "--out", str(out), "--without", "route", "--without", "clinic", cwd=tmp_path
+    )
+    assert res.returncode == 0, res.stderr
+    frame = pd.read_csv(out / "data.csv", dtype=str)
+    assert [c for c in frame.columns if c in ex.QUASI_IDENTIFIERS] == ["age_band", "sex", "primary_condition"]
+
+
+def test_cli_export_default_leaves_out_what_fails_and_says_so(tmp_path: Path) -> None:
+    path = six_db(tmp_path / "db")
+    res = run_export("--db", str(path), "--out", str(tmp_path / "x"), "--days", "week", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().endswith(
+        "(long, csv, relative dates in weeks); k-anonymity 6 over age_band, sex, primary_condition, route "
+        "(left out to reach k ≥ 5: clinic)"
+    )
+    assert "week" in pd.read_csv(tmp_path / "x" / "data.csv", dtype=str)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--without", "provider"), "error: --without 'provider': not a patient characteristic"),
+        (("--days", "month"), "error: unknown days 'month'; choose day, week"),
+        (("--days", "week", "--dates", "calendar"), "error: week-level days protect nothing"),
+    ],
+)
+def test_cli_export_bad_privacy_options_exit_2(fx_db: Path, tmp_path: Path, args, message) -> None:
+    res = run_export("--db", str(fx_db), "--out", str(tmp_path / "x"), *args, cwd=tmp_path)
+    assert res.returncode == 2
+    assert res.stderr.startswith(message) and len(res.stderr.splitlines()) == 1

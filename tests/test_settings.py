@@ -35,6 +35,7 @@ def test_defaults_are_design_values() -> None:
         "min_cell": 11,
         "baseline_max_days": 90,
         "dosing_complete_sessions": 4,
+        "k_anonymity_min": 5,
     }
     assert d.thresholds == {
         "PHQ-9": {"caseness": 10, "response_pct": 50, "remission_below": 5, "reliable_change": 6},
@@ -203,7 +204,7 @@ def test_reset_restores_every_default(base_db: Path) -> None:
             None,
             "There is no setting 'window'; the settings are integration_window_days, "
             "overdue_days, bp_sys_threshold, bp_dia_threshold, baseline_max_days, dosing_complete_sessions, "
-            "min_cell.",
+            "min_cell, k_anonymity_min.",
         ),
         (None, {"BDI": {"caseness": 10}}, "Unknown scale 'BDI'; the scales are PHQ-9, GAD-7, PCL-5."),
         (

@@ -69,7 +69,7 @@ def test_download_serves_a_zip_with_data_dictionary_and_manifest(app_env: Path, 
     assert at.get("download_button")[0].proto.label.startswith("Download .zip (long, CSV)")
     data = downloads[-1]()
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
-        assert zf.namelist() == ["data.csv", "data_dictionary.csv", "manifest.json"]
+        assert zf.namelist() == ["data.csv", "data_dictionary.csv", "table1.csv", "manifest.json"]
         manifest = json.loads(zf.read("manifest.json"))
         csv_bytes = zf.read("data.csv")
     assert manifest["files"]["data.csv"]["sha256"] == hashlib.sha256(csv_bytes).hexdigest()
@@ -93,25 +93,49 @@ def test_choosing_wide_parquet_and_a_scale_changes_preview_and_download(app_env:
     assert metrics(at)["Rows"] == f"{expected.rows:,}"
     assert set(at.dataframe[0].value["instrument"]) == {"PHQ-9"}
     with zipfile.ZipFile(io.BytesIO(downloads[-1]())) as zf:
-        assert zf.namelist() == ["data.parquet", "data_dictionary.csv", "manifest.json"]
+        assert zf.namelist() == ["data.parquet", "data_dictionary.csv", "table1.csv", "manifest.json"]
         frame = pd.read_parquet(io.BytesIO(zf.read("data.parquet")))
     assert len(frame) == expected.rows
     assert "dosing_response" in frame
 
 
-def test_k_anonymity_warning_offers_to_leave_the_offending_columns_out(app_env: Path) -> None:
+def test_default_columns_pass_the_floor(app_env: Path) -> None:
     at = open_page()
-    assert any("k-anonymity is" in w.value for w in at.warning)
     with db.reader(app_env) as con:
-        suggested = ex.preview(con, ex.ExportSpec()).k_anonymity.suggested_drop
-    assert suggested
+        default = ex.preview(con, ex.ExportSpec()).k_anonymity
+        every = ex.preview(con, ex.ExportSpec(quasi_identifiers=ex.QUASI_IDENTIFIERS)).k_anonymity
+    assert every.refused and default.left_out_by_default == every.suggested_drop  # all five would fail
+    assert at.pills(key="rx_qis").value == list(default.quasi_identifiers)
+    assert int(metrics(at)["k-anonymity"].replace(",", "")) >= ex.K_THRESHOLD
+    assert not at.error
+    assert at.get("download_button")[0].proto.label.startswith("Download .zip")
+
+
+def test_an_export_under_the_floor_has_no_download_and_offers_to_leave_columns_out(app_env: Path) -> None:
+    at = open_page()
+    at.pills(key="rx_qis").set_value(list(ex.QUASI_IDENTIFIERS)).run()
+    assert not at.exception, at.exception
+    with db.reader(app_env) as con:
+        suggested = ex.preview(con, ex.ExportSpec(quasi_identifiers=ex.QUASI_IDENTIFIERS)).k_anonymity
+    assert suggested.refused and suggested.suggested_drop
+    assert not at.get("download_button")
+    assert any(e.value == "Download refused: k-anonymity under the floor." for e in at.error)
+    assert any(e.value.startswith("export refused: k-anonymity is") for e in at.error)
     at.button(key="rx_leave_out").click().run()
     assert not at.exception, at.exception
-    kept = [q for q in ex.QUASI_IDENTIFIERS if q not in suggested]
+    kept = [q for q in ex.QUASI_IDENTIFIERS if q not in suggested.suggested_drop]
     assert at.pills(key="rx_qis").value == kept
-    assert int(metrics(at)["k-anonymity"].replace(",", "")) >= ex.K_THRESHOLD
-    assert not any("k-anonymity is" in w.value for w in at.warning)
+    assert not at.error
+    assert at.get("download_button")
     assert [c for c in at.dataframe[0].value.columns if c in ex.QUASI_IDENTIFIERS] == kept
+
+
+def test_week_level_days_on_the_page(app_env: Path) -> None:
+    at = open_page()
+    at.segmented_control(key="rx_dates").set_value("week").run()
+    assert not at.exception, at.exception
+    columns = at.dataframe[0].value.columns
+    assert "week" in columns and "day" not in columns
 
 
 def test_table1_suppresses_small_groups_and_says_so(app_env: Path) -> None:

@@ -41,7 +41,7 @@ def test_research_export_downloads_a_deidentified_zip(
     wait_rendered(page)
     rows = metric_value(page, "Rows")
     with download_zip(page, tmp_path) as zf:
-        assert zf.namelist() == ["data.csv", "data_dictionary.csv", "manifest.json"]
+        assert zf.namelist() == ["data.csv", "data_dictionary.csv", "table1.csv", "manifest.json"]
         manifest = json.loads(zf.read("manifest.json"))
         data = zf.read("data.csv")
     assert f"{manifest['rows']:,}" == rows
@@ -62,7 +62,7 @@ def test_research_export_wide_parquet_download(app_url: str, page, tmp_path: Pat
     # The button's label changes on the run that registers the wide Parquet download.
     page.get_by_role("button", name="Download .zip (wide, Parquet)").wait_for(timeout=30000)
     with download_zip(page, tmp_path) as zf:
-        assert zf.namelist() == ["data.parquet", "data_dictionary.csv", "manifest.json"]
+        assert zf.namelist() == ["data.parquet", "data_dictionary.csv", "table1.csv", "manifest.json"]
         frame = pd.read_parquet(io.BytesIO(zf.read("data.parquet")))
         manifest = json.loads(zf.read("manifest.json"))
     assert (manifest["shape"], manifest["format"], manifest["rows"]) == ("wide", "parquet", len(frame))
