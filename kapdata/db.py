@@ -1,14 +1,20 @@
 """DuckDB database: connection, schema, migrations, settings and the derived views.
 
 Concurrency: DuckDB lets one process hold a file read-write, or several processes hold it read-only,
-never both at once. So nothing here keeps a connection open for long: every operation opens a short
-connection (read-only for reads), and a lock held by another process is retried for a few seconds.
-That lets ``python -m kapdata load`` write while the app is running on the same file.
+never both at once; inside one process it refuses a read-only and a read-write connection to one file at the
+same time. So nothing here keeps a connection open for long: every operation opens a short connection
+(read-only for reads). Inside the process a gate per file (:class:`_Gate`) makes a reader wait while a writer
+works and a writer wait for the readers to finish (a waiting writer goes first, so a busy page cannot starve
+an import); a lock held by another process is retried. Either wait is bounded by ``LOCK_WAIT_SECONDS``, then
+:class:`DatabaseBusy`. That lets ``python -m kapdata load`` write while the app is running on the same file,
+and an import in the app (validated outside the database, see :mod:`kapdata.ingest`) hold the file only for
+its final short transaction.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -255,7 +261,100 @@ def db_path(path: str | os.PathLike[str] | None = None) -> Path:
 
 def _is_lock_error(exc: Exception) -> bool:
     text = str(exc).lower()
-    return "lock" in text or "conflicting" in text or "being used by another process" in text
+    return (
+        "lock" in text
+        or "conflicting" in text
+        or "being used by another process" in text
+        or "different configuration" in text  # this process has the file open the other way
+    )
+
+
+def _busy(target: Path) -> DatabaseBusy:
+    return DatabaseBusy(
+        f"{target}: the database is in use by another process that is writing to it; try again in a moment"
+    )
+
+
+class _Gate:
+    """This process's access to one database file: any number of readers, or one writer.
+
+    A writer that is waiting goes first: new readers wait behind it. A thread that already holds the file
+    passes straight through (a nested use must not wait for itself). Waits end after ``LOCK_WAIT_SECONDS``
+    with :class:`DatabaseBusy`.
+    """
+
+    _gates: dict[str, _Gate] = {}
+    _gates_lock = threading.Lock()
+    _held = threading.local()
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.readers = 0
+        self.writer = False
+        self.writers_waiting = 0
+
+    @classmethod
+    def of(cls, target: Path) -> _Gate:
+        key = os.path.abspath(target)
+        with cls._gates_lock:
+            return cls._gates.setdefault(key, cls())
+
+    def _depth(self) -> dict[int, int]:
+        depth: dict[int, int] | None = getattr(self._held, "depth", None)
+        if depth is None:
+            depth = self._held.depth = {}
+        return depth
+
+    def writing(self) -> bool:
+        with self.cond:
+            return self.writer or bool(self.writers_waiting)
+
+    def wait_for_writers(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` seconds) until no writer holds or waits for the file; True if none."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while self.writer or self.writers_waiting:
+                if not self.cond.wait(max(0.0, deadline - time.monotonic())):
+                    return False
+            return True
+
+    @contextmanager
+    def hold(self, target: Path, *, write: bool) -> Iterator[None]:
+        depth = self._depth()
+        if depth.get(id(self), 0):
+            depth[id(self)] += 1
+            try:
+                yield
+            finally:
+                depth[id(self)] -= 1
+            return
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        with self.cond:
+            if write:
+                self.writers_waiting += 1
+                try:
+                    while self.writer or self.readers:
+                        if not self.cond.wait(deadline - time.monotonic()):
+                            raise _busy(target)
+                finally:
+                    self.writers_waiting -= 1
+                self.writer = True
+            else:
+                while self.writer or self.writers_waiting:
+                    if not self.cond.wait(deadline - time.monotonic()):
+                        raise _busy(target)
+                self.readers += 1
+        depth[id(self)] = 1
+        try:
+            yield
+        finally:
+            depth[id(self)] = 0
+            with self.cond:
+                if write:
+                    self.writer = False
+                else:
+                    self.readers -= 1
+                self.cond.notify_all()
 
 
 def connect(
@@ -270,13 +369,10 @@ def connect(
     while True:
         try:
             return duckdb.connect(str(target), read_only=read_only)
-        except duckdb.IOException as exc:
+        except (duckdb.IOException, duckdb.ConnectionException) as exc:
             if not _is_lock_error(exc) or time.monotonic() > deadline:
                 if _is_lock_error(exc):
-                    raise DatabaseBusy(
-                        f"{target}: the database is in use by another process that is writing to it; "
-                        "try again in a moment"
-                    ) from exc
+                    raise _busy(target) from exc
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
@@ -287,13 +383,25 @@ def session(
     path: str | os.PathLike[str] | None = None, *, read_only: bool = False
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """A short-lived connection, closed on exit. Writers get the schema made current first."""
-    con = connect(path, read_only=read_only)
-    try:
-        if not read_only:
-            ensure_schema(con)
-        yield con
-    finally:
-        con.close()
+    target = db_path(path)
+    with _Gate.of(target).hold(target, write=not read_only):
+        con = connect(target, read_only=read_only)
+        try:
+            if not read_only:
+                ensure_schema(con)
+            yield con
+        finally:
+            con.close()
+
+
+def writing(path: str | os.PathLike[str] | None = None) -> bool:
+    """Is a writer in this process saving to (or waiting to save to) the database right now?"""
+    return _Gate.of(db_path(path)).writing()
+
+
+def wait_for_writers(path: str | os.PathLike[str] | None = None, timeout: float = LOCK_WAIT_SECONDS) -> bool:
+    """Wait until this process's writers to the database have finished; False if they took ``timeout``."""
+    return _Gate.of(db_path(path)).wait_for_writers(timeout)
 
 
 class NoDatabase(FileNotFoundError):
@@ -342,21 +450,23 @@ def reader(path: str | os.PathLike[str] | None = None) -> Iterator[duckdb.DuckDB
     target = db_path(path)
     if not target.exists():
         raise NoDatabase(f"no database at {target}: load files first (python -m kapdata load ...)")
-    con = connect(target, read_only=True)
+    gate = _Gate.of(target)
     # The schema check costs two queries; skip it while the file is unchanged since it last passed.
     key = str(target.resolve())
     stamp = file_version(target)
-    if _schema_checked.get(key) != stamp and not schema_current(con):
-        con.close()
-        with session(target):
+    for attempt in range(2):
+        with gate.hold(target, write=False):
+            con = connect(target, read_only=True)
+            try:
+                if attempt or _schema_checked.get(key) == stamp or schema_current(con):
+                    _schema_checked[key] = stamp
+                    yield con
+                    return
+            finally:
+                con.close()
+        with session(target):  # out of date: migrate (a short write), then read
             pass
-        con = connect(target, read_only=True)
         stamp = file_version(target)
-    _schema_checked[key] = stamp
-    try:
-        yield con
-    finally:
-        con.close()
 
 
 def _views_hash() -> str:

@@ -14,7 +14,7 @@ import datetime as dt
 import hashlib
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -1525,11 +1525,113 @@ def load_files(
     database is unchanged. ``"quarantine"``: good rows load, rejected rows (with reasons) go to a rejects
     CSV. File-level errors (unreadable file, missing column, identifier column) always reject.
     ``dry_run`` validates and reports without changing anything.
+
+    The files are read and checked in a private in-memory database holding a copy of what they are checked
+    against (:func:`_staging`), so checking holds no lock on the database file: other people's pages and
+    commands keep working however long a large file takes. Only the rows that pass are then written, in one
+    short transaction (:func:`_publish`); if the database changed meanwhile (another import, an undo, a
+    settings change) the check is run again on the new state.
     """
-    with db.session(db_path) as con:
-        return load_with_connection(
-            con, files, on_error=on_error, rejects=rejects, dry_run=dry_run, today=today
-        )
+    target = db.db_path(db_path)
+    if not dry_run and not target.exists():
+        with db.session(target):  # a first load creates the database
+            pass
+    for _attempt in range(STALE_RETRIES):
+        with _staging(target) as (stage, version):
+            publish = None if dry_run else (lambda result: _publish(stage, target, version, result))
+            try:
+                return load_with_connection(
+                    stage,
+                    files,
+                    on_error=on_error,
+                    rejects=rejects,
+                    dry_run=dry_run,
+                    today=today,
+                    refresh=False,
+                    publish=publish,
+                )
+            except _StaleSnapshot:
+                continue
+    raise db.DatabaseBusy(
+        f"{target}: the database kept changing while these files were checked; try again in a moment"
+    )
+
+
+#: How many times an import is checked again when the database changed while it was being checked.
+STALE_RETRIES = 3
+#: The tables an import is checked against; copied into the staging database.
+_SNAPSHOT_TABLES = ("batches", "patients", "sessions", "scores")
+
+
+class _StaleSnapshot(Exception):
+    """The database changed between the staging copy and the write: check again."""
+
+
+def _data_version(con: duckdb.DuckDBPyConnection) -> int:
+    rows = con.execute("SELECT value FROM meta WHERE key = 'data_version'").fetchall()
+    return int(rows[0][0]) if rows else 0
+
+
+@contextlib.contextmanager
+def _staging(target: Path) -> Iterator[tuple[duckdb.DuckDBPyConnection, int]]:
+    """A private in-memory database with the schema and a copy of the tables an import is checked against,
+    taken in one short read of ``target`` (none if it does not exist yet); yields it and the data version
+    the copy was taken at."""
+    stage = duckdb.connect()
+    try:
+        db.ensure_schema(stage)
+        version = 0
+        if target.exists():
+            with db.reader(target) as live:
+                version = _data_version(live)
+                with live.cursor() as cur:  # a fresh cursor: the reader's own checks may leave results open
+                    copies = {t: cur.sql("SELECT * FROM " + t).to_arrow_table() for t in _SNAPSHOT_TABLES}
+            for table, rows in copies.items():
+                if rows.num_rows:
+                    stage.register("kap_copy", rows)
+                    stage.execute("INSERT INTO " + table + " BY NAME SELECT * FROM kap_copy")
+                    stage.unregister("kap_copy")
+        yield stage, version
+    finally:
+        stage.close()
+
+
+def _publish(stage: duckdb.DuckDBPyConnection, target: Path, version: int, result: LoadResult) -> None:
+    """Write what a staged load added (its batches, their rows, the patients they created or filled in)
+    into ``target`` in one transaction, if ``target`` is still at the ``version`` the stage was copied at."""
+    ids = [f.batch_id for f in result.files if f.batch_id is not None]
+    where = {
+        "batches": "list_contains($ids, batch_id)",
+        "patients": "list_contains($ids, batch_id) OR list_contains($ids, attributes_batch_id)",
+        "sessions": "list_contains($ids, batch_id)",
+        "scores": "list_contains($ids, batch_id)",
+    }
+    with stage.cursor() as cur:
+        delta = {
+            t: cur.sql("SELECT * FROM " + t + " WHERE " + cond, params={"ids": ids}).to_arrow_table()
+            for t, cond in where.items()
+        }
+    with db.session(target) as live:
+        live.execute("BEGIN TRANSACTION")
+        try:
+            if _data_version(live) != version:
+                raise _StaleSnapshot
+            for table, rows in delta.items():
+                if not rows.num_rows:
+                    continue
+                live.register("kap_delta", rows)
+                if table == "patients":  # a filled-in patient replaces its unknown row
+                    live.execute(
+                        "DELETE FROM patients WHERE patient_id IN (SELECT patient_id FROM kap_delta)"
+                    )
+                live.execute("INSERT INTO " + table + " BY NAME SELECT * FROM kap_delta")
+                live.unregister("kap_delta")
+            db.bump_data_version(live)
+            live.execute("COMMIT")
+        except Exception:
+            with contextlib.suppress(duckdb.Error):
+                live.execute("ROLLBACK")
+            raise
 
 
 def load_with_connection(
@@ -1540,7 +1642,13 @@ def load_with_connection(
     rejects: str | os.PathLike[str] | None = None,
     dry_run: bool = False,
     today: dt.date | None = None,
+    refresh: bool = True,
+    publish: Callable[[LoadResult], None] | None = None,
 ) -> LoadResult:
+    """Load into ``con`` itself. ``refresh=False`` skips recomputing the stored outcomes (a staging copy
+    needs none); ``publish``, when given, is called with the result once ``con`` has committed and before
+    any rejects file is written (:func:`load_files` uses it to write a staging copy's new rows into the real
+    database; if it fails, the load has failed)."""
     if on_error not in ("reject", "quarantine"):
         raise ValueError(f"on_error must be 'reject' or 'quarantine', not {on_error!r}")
     sources = [SourceFile.of(f) for f in files]
@@ -1604,14 +1712,17 @@ def load_with_connection(
             if (file_errors or (errors and on_error == "reject")) and not dry_run:
                 raise ImportRejected(result)
             return result
+        loaded = any(st.result.batch_id is not None for st in staged)
+        if loaded and refresh:
+            db.bump_data_version(con)
+        con.execute("COMMIT")
+        if loaded and publish is not None:
+            publish(result)
         with_rejects = [st for st in staged if st.n_bad]
         if with_rejects:
             target_base = Path(rejects) if rejects else None
             for st in with_rejects:
                 loader._write_rejects(st, _rejects_target(target_base, st.src, len(with_rejects)))
-        if any(st.result.batch_id is not None for st in staged):
-            db.bump_data_version(con)
-        con.execute("COMMIT")
         result.committed = True
         return result
     except ImportRejected:

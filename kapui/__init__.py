@@ -90,6 +90,9 @@ def initialise() -> str:
     """Every page's first call: route through dashboard.py, make sure the database exists; its path."""
     page_guard()
     path = database_path()
+    if db.writing(path):  # an import, undo or settings change is being saved: wait for it, visibly
+        with st.spinner("Another person is saving changes to the database; this page waits for them…"):
+            db.wait_for_writers(path)
     _initialise(path)
     return path
 
