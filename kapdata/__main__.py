@@ -306,7 +306,7 @@ def cmd_batches(a: argparse.Namespace) -> int:
         print(
             f"{r['batch_id']:>5}  {str(r['loaded_at'])[:19]:<19}  {r['kind']:<8}  {r['rows_read']:>7} "
             f"{r['rows_loaded']:>7} {r['rows_rejected']:>8}  {status:<6}  {r['file_name']}  "
-            f"sha256 {r['sha256'][:12]}"
+            f"sha256 {r['sha256'][:12]}{'  (synthetic demo data)' if r.get('demo') else ''}"
         )
     return 0
 

@@ -77,6 +77,7 @@ _BATCH_COLUMNS: dict[str, str] = {
     "new_patients": "new patients",
     "on_error": "on error",
     "sha256": "sha256",
+    "demo": "demo data",
     "undone_at": "undone_at",
 }
 

@@ -10,6 +10,8 @@ import pytest
 
 from kapdata import bootstrap, db, ingest, patient, sample
 
+from .conftest import run_cli
+
 TODAY = dt.date(2027, 3, 15)  # well after the committed sample's last day (sample.AS_OF_DEFAULT)
 
 
@@ -199,3 +201,18 @@ def test_the_demo_is_never_loaded_into_an_existing_database_even_an_empty_one(tm
     bootstrap.ensure_database(real, today=TODAY)
     with db.reader(real) as con:
         assert db.is_empty(con)
+
+
+def test_the_batch_history_marks_the_demo_batches(demo: tuple[Path, str], tmp_path: Path) -> None:
+    path, _ = demo
+    listing = run_cli("batches", "--db", str(path), cwd=tmp_path)
+    assert listing.returncode == 0, listing.stderr
+    lines = listing.stdout.splitlines()[1:]
+    assert len(lines) == 3 and all(line.endswith("(synthetic demo data)") for line in lines)
+    clinic = tmp_path / "clinic.duckdb"
+    with db.session(clinic):
+        pass
+    files = sample.write_sample(5, tmp_path / "csv", seed=2)
+    assert run_cli("load", *map(str, files), "--db", str(clinic), cwd=tmp_path).returncode == 0
+    listing = run_cli("batches", "--db", str(clinic), cwd=tmp_path)
+    assert "demo" not in listing.stdout
