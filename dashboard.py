@@ -1,10 +1,15 @@
 """KAP Outcomes: ``streamlit run dashboard.py`` (optionally ``-- --db PATH``)."""
 
+from pathlib import Path
+
 import streamlit as st
 
 import kapui
 
-st.set_page_config(page_title="KAP Outcomes", page_icon=":material/monitoring:", layout="wide")
+# The icon is a file served by the app itself: a Material icon as page_icon makes the browser fetch the
+# favicon from Google's font server on every page (fails offline, and tells a third party the app is open).
+ICON = Path(__file__).resolve().parent / "kapui" / "assets" / "icon.png"
+st.set_page_config(page_title="KAP Outcomes", page_icon=str(ICON), layout="wide")
 kapui.keep_filter_state()
 
 page = st.navigation(
