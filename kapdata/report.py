@@ -13,10 +13,12 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pandas as pd
+import plotly.graph_objects as go
 
 from kapdata import definitions as defs
 from kapdata import instruments as reg
 from kapdata import patient as pt
+from kapdata.charts import html as chart_html
 from kapdata.charts import patient as charts
 
 #: Printable width of an A4 page with 14 mm margins, in CSS pixels.
@@ -326,18 +328,16 @@ def _definitions_html(view: pt.PatientView) -> str:
 
 
 def progress_report(view: pt.PatientView, *, generated: dt.datetime | None = None) -> str:
-    """The whole report as one HTML document (about 5 MB: Plotly's JavaScript is inlined once)."""
+    """The whole report as one self-contained HTML document (about 0.6 MB for one patient: plotly.js is
+    inlined once, compressed; see :mod:`kapdata.charts.html`). Opens and prints offline; fetches nothing."""
     s = view.status
     charts_html = []
-    for n, code in enumerate(view.scales):
+    figures: list[tuple[go.Figure, str]] = []
+    for code in view.scales:
         fig = charts.score_trend(view, code, height=380, width=CHART_WIDTH)
-        div = fig.to_html(
-            include_plotlyjs=n == 0,
-            full_html=False,
-            config={"displayModeBar": False, "responsive": False},
-            div_id=f"chart-{reg.get(code).key.lower()}",
-        )
-        charts_html.append(f'<div class="chart">{div}</div>')
+        div_id = f"chart-{reg.get(code).key.lower()}"
+        figures.append((fig, div_id))
+        charts_html.append(f'<div class="chart"><div id="{div_id}" style="height:380px"></div></div>')
     stamp = (generated or dt.datetime.now()).strftime("%Y-%m-%d %H:%M")
     sessions = f"{s['n_sessions']} dosing session" + ("" if s["n_sessions"] == 1 else "s")
     if s["first_session"]:
@@ -377,5 +377,8 @@ def progress_report(view: pt.PatientView, *, generated: dt.datetime | None = Non
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>Progress report {_e(view.patient_id)}</title>"
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<style>{STYLE}</style></head><body>" + "\n".join(body) + "</body></html>"
+        f"<style>{STYLE}</style></head><body>"
+        + "\n".join(body)
+        + chart_html.figure_scripts(figures)
+        + "</body></html>"
     )

@@ -22,6 +22,7 @@ from kapdata import cohort, csvsafe, db, stats
 from kapdata import definitions as defs
 from kapdata import instruments as reg
 from kapdata.charts import cohort as figs
+from kapdata.charts import html as chart_html
 from kapdata.cohort import CohortFilter
 
 WARN = "⚠"
@@ -184,8 +185,8 @@ def table(display: pd.DataFrame, data: pd.DataFrame, name: str, *, all_rows: boo
     csv_button(data, name)
 
 
-def _html(fig: go.Figure) -> Callable[[], str]:
-    return lambda: fig.to_html(include_plotlyjs=True, full_html=True)
+def _html(fig: go.Figure, title: str) -> Callable[[], str]:
+    return lambda: chart_html.figure_document(fig, title)
 
 
 def chart(fig: go.Figure, name: str, data: pd.DataFrame | None = None) -> None:
@@ -197,7 +198,7 @@ def chart(fig: go.Figure, name: str, data: pd.DataFrame | None = None) -> None:
     row = st.container(horizontal=True)
     row.download_button(
         "Chart (HTML)",
-        _html(fig),
+        _html(fig, name),
         file_name=f"{_slug(name)}.html",
         mime="text/html",
         key=f"html_{_slug(name)}",

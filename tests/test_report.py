@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import gzip
+import json
 import re
 from pathlib import Path
 
@@ -36,9 +39,25 @@ def test_report_is_self_contained_without_external_scripts(reports):
     html = reports["S1"]
     assert not re.search(r"<script[^>]*\bsrc=", html, flags=re.I)
     assert not re.search(r"<link[^>]*\bhref=", html, flags=re.I)
-    assert html.count("Plotly.newPlot") == 1  # one PHQ-9 chart
-    assert html.count("plotly.js v") >= 1  # the library is inlined once
-    assert len(reports["D1"]) - len(reports["S1"]) < 1_000_000  # the second chart does not inline it again
+    assert html.count("data-kap-figure=") == 1  # one PHQ-9 chart
+    assert html.count('id="kap-plotly"') == 1  # the library is inlined once
+    assert len(reports["D1"]) - len(reports["S1"]) < 100_000  # the second chart does not inline it again
+    assert len(html) < 1_000_000  # plotly.js's basic bundle, compressed
+
+
+def test_the_inlined_library_is_plotly_basic_and_the_figures_are_json_without_a_raw_angle_bracket(reports):
+    html = reports["D1"]
+    packed = re.search(r'<script type="application/octet-stream" id="kap-plotly">([^<]+)</script>', html)
+    assert packed is not None
+    code = gzip.decompress(base64.b64decode(packed.group(1))).decode()
+    assert code.startswith("/**\n* plotly.js (basic - minified)")
+    element = r'<script type="application/json" data-kap-figure="([^"]+)"[^>]*>([^<]*)</script>'
+    figures = re.findall(element, html)
+    assert len(figures) == 2
+    for div_id, payload in figures:
+        fig = json.loads(payload)
+        assert f'id="{div_id}"' in html
+        assert {t["type"] for t in fig["data"]} <= {"scatter", "bar", "pie"}
 
 
 def test_report_carries_the_numbers_of_the_patient(reports):
