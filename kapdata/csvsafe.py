@@ -9,8 +9,10 @@ cells are touched.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
+import duckdb
 import pandas as pd
 
 #: Text cells starting with one of these are neutralised (tab and CR too: some spreadsheets strip them first).
@@ -62,3 +64,25 @@ def to_csv_bytes(frame: pd.DataFrame, **kwargs: object) -> bytes:
 def write_csv(frame: pd.DataFrame, target: str | os.PathLike[str], **kwargs: object) -> None:
     """Write the frame as CSV (no index), formulas neutralised."""
     _prepare(frame, kwargs).to_csv(Path(target), **kwargs)  # type: ignore[call-overload]
+
+
+def sql_neutralised(expr: str) -> str:
+    """SQL for one text expression neutralised as :func:`neutralise` does (``expr`` is our own column name or
+    expression, never user input): for files written by DuckDB itself."""
+    prefixes = "'=', '+', '-', '@', chr(9), chr(13)"
+    return f"CASE WHEN left({expr}, 1) IN ({prefixes}) THEN chr(39) || {expr} ELSE {expr} END"
+
+
+def write_query_csv(
+    con: duckdb.DuckDBPyConnection,
+    sql: str,
+    params: Sequence[object] | dict[str, object] | None,
+    target: str | os.PathLike[str],
+) -> int:
+    """Write a query's rows as CSV with DuckDB's own writer (no pandas): a header, cells quoted only when they
+    must be, empty for NULL, booleans ``true``/``false``, dates ``YYYY-MM-DD``. The query must already
+    neutralise its text columns (:func:`sql_neutralised`). Returns the number of rows written."""
+    with con.cursor() as cur:  # a fresh cursor: the caller's connection may hold an unfinished result
+        cur.sql(sql, params=params).write_csv(str(target))
+        rows = cur.execute(f"SELECT count(*) FROM ({sql})", params).fetchall()
+    return int(rows[0][0]) if rows else 0

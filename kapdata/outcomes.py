@@ -53,28 +53,30 @@ def outcomes_frame(
     return con.execute(_FILTERED_SQL, {"code": code, "pid": patient_id}).df()
 
 
-def format_for_csv(frame: pd.DataFrame) -> pd.DataFrame:
-    """Booleans as ``true``/``false``, integers without decimals, empty where undefined."""
-    out = frame.copy()
-    for col in BOOLEAN_COLUMNS:
-        if col in out:
-            out[col] = out[col].map(lambda v: "" if pd.isna(v) else ("true" if v else "false"))
-    for col in ("baseline", "endpoint", "change"):
-        if col in out:
-            out[col] = out[col].astype("Int64")
-    if "pct_change" in out:
-        out["pct_change"] = out["pct_change"].astype("Float64").round(6)
-    if "endpoint_on" in out:
-        out["endpoint_on"] = pd.to_datetime(out["endpoint_on"]).dt.strftime("%Y-%m-%d")
-    return out
+def _file_column(c: str) -> str:
+    if c in ("patient_id", "instrument", "phase"):
+        return csvsafe.sql_neutralised(c) + " AS " + c
+    if c in ("baseline", "endpoint", "change"):
+        return f"CAST({c} AS INTEGER) AS {c}"
+    if c == "pct_change":
+        return f"round({c}, 6) AS {c}"
+    return c
+
+
+#: The outcomes file as DuckDB writes it: text neutralised, counts as integers, the percentage to 6 decimals.
+_FILE_SQL = (
+    "SELECT "
+    + ", ".join(_file_column(c) for c in OUTCOME_COLUMNS)
+    + " FROM outcomes WHERE (CAST($code AS VARCHAR) IS NULL OR instrument = $code)"
+    " ORDER BY patient_id, instrument, phase_order"
+)
 
 
 def write_outcomes_csv(
     con: duckdb.DuckDBPyConnection, out: str | os.PathLike[str], instrument: str | None = None
 ) -> int:
-    """Write the outcomes file; returns the number of rows written."""
-    frame = format_for_csv(outcomes_frame(con, instrument))
+    """Write the outcomes file (with DuckDB's own CSV writer); returns the number of rows written."""
+    code = reg.get(instrument).code if instrument else None
     target = Path(out)
     target.parent.mkdir(parents=True, exist_ok=True)
-    csvsafe.write_csv(frame, target, columns=list(OUTCOME_COLUMNS), na_rep="")
-    return len(frame)
+    return csvsafe.write_query_csv(con, _FILE_SQL, {"code": code}, target)
