@@ -34,9 +34,13 @@ def test_benchmark_harness_runs_on_a_tiny_cohort_and_writes_results(tmp_path: Pa
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(out.read_text())
     rows = doc["results"]["200"]["rows"]
-    for name in ("generation", "load", "floor", "peer", "outcomes", "overview", "overview (page call)"):
+    whole = ("cli load (whole process, new database)", "cli outcomes --out (whole process)")
+    whole += ("peer: pandas outcomes script (whole process)", "cli export long parquet (whole process)")
+    basic = ("generation", "load", "floor", "peer", "outcomes", "overview", "overview (page call)")
+    for name in (*basic, *whole):
         assert rows[name]["n"] == 1 and rows[name]["median"] > 0, name
     assert doc["results"]["200"]["patients"] == 200
     assert "peer / outcomes" in doc["results"]["200"]["ratios"]
+    assert "peer script / cli outcomes (whole processes)" in doc["results"]["200"]["ratios"]
     assert any(b["what"] == "load" for b in doc["budgets"])
     assert "budgets (at the largest size measured)" in proc.stdout
