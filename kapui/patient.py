@@ -169,10 +169,30 @@ def flag_counts(frame: pd.DataFrame) -> dict[str, int]:
     return {flag: int(frame[flag].astype(bool).sum()) for flag in pt.FLAGS}
 
 
+#: Caseload rows sent to the browser at a time: the ranked list is paged, so a 50,000-patient caseload
+#: draws as fast as a small one (the patient picker above finds anyone by ID).
+CASELOAD_PAGE_ROWS = 100
+PAGE_KEY = "caseload_page"
+
+
+def caseload_page(total: int) -> tuple[int, int]:
+    """The rows ``[start, stop)`` of the caseload page chosen with the pager (drawn only when there is more
+    than one page)."""
+    pages = max(1, -(-total // CASELOAD_PAGE_ROWS))
+    if not isinstance(st.session_state.get(PAGE_KEY), int) or st.session_state[PAGE_KEY] > pages:
+        st.session_state[PAGE_KEY] = 1  # the filters changed and the list is shorter now
+    page = st.pagination(pages, key=PAGE_KEY, max_visible_pages=9) if pages > 1 else 1
+    start = (page - 1) * CASELOAD_PAGE_ROWS
+    return start, min(start + CASELOAD_PAGE_ROWS, total)
+
+
 def caseload_table(shown: pd.DataFrame, defs: dict[str, str]) -> str | None:
-    """The ranked caseload (already filtered by :func:`shown_caseload`); returns the patient of a clicked
-    row."""
-    shown = shown[list(CASELOAD_COLUMNS)]
+    """The ranked caseload (already filtered by :func:`shown_caseload`), one page at a time; returns the
+    patient of a clicked row."""
+    start, stop = caseload_page(len(shown))
+    if len(shown) > CASELOAD_PAGE_ROWS:
+        st.caption(f"Patients {start + 1:,}–{stop:,} of {len(shown):,}, most in need of attention first.")
+    shown = shown.iloc[start:stop][list(CASELOAD_COLUMNS)]
     event = st.dataframe(
         shown,
         hide_index=True,

@@ -239,3 +239,23 @@ def test_discharging_hides_the_patient_until_shown_and_readmitting_brings_them_b
     next(b for b in at.button if b.label == "Re-admit to the caseload").click().run()
     at.button[0].click().run()
     assert caseload_ids(at)[:2] == ["A3", "A1"]
+
+
+def test_a_long_caseload_is_paged_and_a_row_on_page_two_opens_that_patient(app_env: Path, monkeypatch):
+    monkeypatch.setattr(ui, "CASELOAD_PAGE_ROWS", 10)
+    at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=60)
+    at.run()
+    at.switch_page(PAGE).run()
+    assert not at.exception, at.exception
+    first = caseload_ids(at)
+    assert len(first) == 10
+    total = int(at.metric[0].value.replace(",", ""))
+    assert total > 20
+    assert f"Patients 1–10 of {total:,}" in " ".join(c.value for c in at.caption)
+    at.pagination[0].set_value(2).run()
+    second = caseload_ids(at)
+    assert len(second) == 10 and not set(first) & set(second)
+    assert f"Patients 11–20 of {total:,}" in " ".join(c.value for c in at.caption)
+    at.session_state[f"{ui.TABLE_KEY}_0"] = {"selection": {"rows": [3], "columns": [], "cells": []}}
+    at.run()
+    assert at.title[0].value == f"Patient {second[3]}"  # the fourth row of page two, not of page one
