@@ -9,20 +9,22 @@ No traceback and no database engine message reaches the user (``KAP_DEBUG=1`` sh
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import errno
 import getpass
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
-from kapdata import __version__, cohort, db, export, ingest, outcomes
+from kapdata import __version__, accounts, audit, cohort, db, export, ingest, outcomes
 from kapdata import instruments as reg
+from kapdata.access import ROLES
 
 
 class CliError(Exception):
@@ -211,6 +213,42 @@ def build_parser() -> argparse.ArgumentParser:
     _db_arg(p)
     p.add_argument("--sample-dir", default=None, help="folder with the sample CSV files")
     export.add_cli(sub)
+
+    p = sub.add_parser("users", help="staff accounts: add, list, set-role, disable, enable, set-password")
+    users = p.add_subparsers(dest="users_command", required=True, metavar="ACTION")
+    q = users.add_parser("add", help="add an account (without --password-stdin: organisation sign-in only)")
+    q.add_argument("email", metavar="EMAIL")
+    q.add_argument("--role", required=True, choices=ROLES)
+    q.add_argument("--clinic", action="append", default=[], metavar="NAME", help="repeat; none: all clinics")
+    q.add_argument("--password-stdin", action="store_true", help="read a password from standard input")
+    q.add_argument("--calendar-dates", action="store_true", help="a researcher may export calendar dates")
+    _db_arg(q)
+    q = users.add_parser("list", help="list the accounts")
+    q.add_argument("--json", action="store_true")
+    _db_arg(q)
+    q = users.add_parser("set-role", help="change an account's role (and clinics)")
+    q.add_argument("email", metavar="EMAIL")
+    q.add_argument("role", choices=ROLES, metavar="ROLE")
+    q.add_argument("--clinic", action="append", default=None, metavar="NAME", help="replace the clinics")
+    q.add_argument("--all-clinics", action="store_true", help="clear the clinics: every clinic")
+    q.add_argument("--calendar-dates", choices=("yes", "no"), help="the researcher permission")
+    _db_arg(q)
+    for name, what in (("disable", "disable an account"), ("enable", "enable a disabled account")):
+        q = users.add_parser(name, help=what)
+        q.add_argument("email", metavar="EMAIL")
+        _db_arg(q)
+    q = users.add_parser("set-password", help="a new password from standard input (clears a lockout)")
+    q.add_argument("email", metavar="EMAIL")
+    q.add_argument("--none", action="store_true", help="remove the password: organisation sign-in only")
+    _db_arg(q)
+
+    p = sub.add_parser("audit", help="write the audit trail to CSV, or verify its hash chain")
+    p.add_argument("verify", nargs="?", choices=("verify",), help="check the chain (exit 0 when whole)")
+    p.add_argument("--since", metavar="YYYY-MM-DD")
+    p.add_argument("--user", metavar="EMAIL")
+    p.add_argument("--action", choices=audit.ACTIONS, metavar="NAME")
+    p.add_argument("--out", metavar="FILE.csv", help="CSV file to write")
+    _db_arg(p)
     return parser
 
 
@@ -241,7 +279,23 @@ def cmd_load(a: argparse.Namespace) -> int:
         for problem in errors:
             print(f"  error: {problem}", file=sys.stderr)
         return 2 if errors else 0
+    a.audited = ("import", ", ".join(Path(f).name for f in a.files), _import_detail(result, a.on_error))
     return 0
+
+
+def _import_detail(result: ingest.LoadResult, on_error: str) -> dict[str, Any]:
+    return {
+        "on_error": on_error,
+        "files": [
+            {
+                "file": Path(f.file).name,
+                "kind": f.kind,
+                "batch": f.batch_id,
+                "rows_loaded": f.rows_loaded,
+            }
+            for f in result.files
+        ],
+    }
 
 
 def cmd_outcomes(a: argparse.Namespace) -> int:
@@ -318,6 +372,7 @@ def cmd_undo(a: argparse.Namespace) -> int:
         counts = ingest.undo_batch(a.batch_id, a.db)
     except ingest.UndoError as exc:
         raise CliError(str(exc), 2) from exc
+    a.audited = ("undo", f"batch {a.batch_id}", dict(counts))
     print(
         f"batch {a.batch_id} undone: {counts['scores']} scores, {counts['sessions']} sessions, "
         f"{counts['patients']} patients removed"
@@ -365,6 +420,12 @@ def cmd_settings(a: argparse.Namespace) -> int:
             done = ks.update(a.db, general=general, thresholds=thresholds)
     except ks.InvalidSettings as exc:
         raise CliError("nothing saved: " + " ".join(str(p) for p in exc.problems), 2) from exc
+    if done:
+        a.audited = (
+            "settings change",
+            "reset" if a.reset else "settings",
+            {"changes": [str(c) for c in done]},
+        )
     print("\n".join(str(c) for c in done) if done else "nothing changed")
     return 0
 
@@ -379,7 +440,7 @@ def _as_of(text: str | None) -> dt.date | None:
 
 
 def _staff() -> str:
-    """Who is recording (no sign-in yet): the operating-system user."""
+    """Who is recording (the command line): the operating-system user."""
     try:
         return getpass.getuser()
     except (KeyError, OSError) as exc:
@@ -405,6 +466,7 @@ def cmd_acknowledge(a: argparse.Namespace) -> int:
         ack = caseload.acknowledge(a.db, a.patient_id, a.flag, _staff(), a.note, today=as_of)
     except caseload.CaseloadError as exc:
         raise CliError(str(exc), 2) from exc
+    a.audited = ("acknowledgement", ack.patient_id, {"flag": ack.flag, "flag_on": ack.flag_on})
     print(
         f"{ack.patient_id}: {caseload.FLAG_LABELS[ack.flag]} flag of {ack.flag_on:%Y-%m-%d} acknowledged "
         f"by {ack.acknowledged_by} at {ack.acknowledged_at:%Y-%m-%d %H:%M}"
@@ -419,10 +481,13 @@ def cmd_discharge(a: argparse.Namespace) -> int:
         if a.undo:
             done = caseload.readmit(a.db, a.patient_id)
             print(f"{a.patient_id}: re-admitted" if done else f"{a.patient_id}: was not discharged")
+            if done:
+                a.audited = ("discharge", a.patient_id, {"change": "re-admitted"})
         else:
             who = _staff()
             caseload.discharge(a.db, a.patient_id, who, a.note)
             print(f"{a.patient_id}: discharged by {who}")
+            a.audited = ("discharge", a.patient_id, {"change": "discharged"})
     except caseload.CaseloadError as exc:
         raise CliError(str(exc), 2) from exc
     return 0
@@ -434,6 +499,122 @@ def cmd_init(a: argparse.Namespace) -> int:
     message = bootstrap.ensure_database(a.db, a.sample_dir)
     print(message)
     return 0
+
+
+def _password_stdin() -> str:
+    text = sys.stdin.readline()
+    password = text.rstrip("\r\n")
+    if not password:
+        raise CliError("no password on standard input", 2)
+    return password
+
+
+def _account_line(acc: accounts.Account) -> str:
+    clinics = ", ".join(acc.clinics) or "all clinics"
+    extra = " · calendar dates" if acc.calendar_dates else ""
+    state = "disabled" if acc.disabled else "enabled"
+    sign_in = "password or organisation" if acc.has_password else "organisation only"
+    return f"{acc.email}  {acc.role}  ({clinics}{extra})  {state}  sign-in: {sign_in}"
+
+
+def _account_doc(acc: accounts.Account) -> dict[str, Any]:
+    return {
+        "email": acc.email,
+        "role": acc.role,
+        "clinics": list(acc.clinics),
+        "calendar_dates": acc.calendar_dates,
+        "password": acc.has_password,
+        "disabled": acc.disabled,
+        "locked_until": acc.locked_until,
+        "created_at": acc.created_at,
+        "changed_at": acc.changed_at,
+    }
+
+
+def cmd_users(a: argparse.Namespace) -> int:
+    action = a.users_command
+    if action == "list":
+        with db.reader(a.db) if db.db_path(a.db).exists() else _no_db(a.db) as con:
+            rows = accounts.list_accounts(con)
+        if a.json:
+            print(json.dumps([_account_doc(r) for r in rows], indent=2, default=str))
+        elif not rows:
+            print("no accounts (the app serves only this computer, as a local administrator)")
+        else:
+            print("\n".join(_account_line(r) for r in rows))
+        return 0
+    try:
+        if action == "add":
+            password = _password_stdin() if a.password_stdin else None
+            acc = accounts.add(a.db, a.email, a.role, a.clinic, password, calendar_dates=a.calendar_dates)
+            detail: dict[str, Any] = {"change": "added", "role": acc.role, "clinics": list(acc.clinics)}
+            detail["calendar_dates"] = acc.calendar_dates
+        elif action == "set-role":
+            if a.all_clinics and a.clinic:
+                raise CliError("give --clinic or --all-clinics, not both", 2)
+            clinics = () if a.all_clinics else a.clinic
+            dates = None if a.calendar_dates is None else a.calendar_dates == "yes"
+            acc = accounts.set_role(a.db, a.email, a.role, clinics, dates)
+            detail = {"change": "role", "role": acc.role, "clinics": list(acc.clinics)}
+            detail["calendar_dates"] = acc.calendar_dates
+        elif action in ("disable", "enable"):
+            acc = accounts.set_disabled(a.db, a.email, action == "disable")
+            detail = {"change": action + "d"}
+        else:  # set-password
+            acc = accounts.set_password(a.db, a.email, None if a.none else _password_stdin())
+            detail = {"change": "password removed" if a.none else "password set"}
+    except accounts.AccountError as exc:
+        raise CliError(str(exc), 2) from exc
+    a.audited = ("user change", acc.email, detail)
+    print(_account_line(acc))
+    return 0
+
+
+@contextlib.contextmanager
+def _no_db(path: str | None) -> Iterator[Any]:
+    raise db.NoDatabase(f"no database at {db.db_path(path)}")
+    yield None  # pragma: no cover
+
+
+def cmd_audit(a: argparse.Namespace) -> int:
+    if a.verify:
+        if a.out or a.since or a.user or a.action:
+            raise CliError("audit verify takes no filters and no --out", 2)
+        result = audit.verify(a.db)
+        if result.ok:
+            print(result.message())
+            return 0
+        raise CliError(result.message(), 1)
+    if not a.out:
+        raise CliError("give --out FILE.csv (or: audit verify)", 2)
+    since = None
+    if a.since:
+        try:
+            since = dt.date.fromisoformat(a.since)
+        except ValueError:
+            raise CliError(f"--since {a.since!r}: give a date as YYYY-MM-DD", 2) from None
+    _check_out_file(a.out)
+    rows = audit.query(a.db, since=since, user=a.user.strip().lower() if a.user else None, action=a.action)
+    n = audit.write_csv(rows, a.out)
+    print(f"{a.out}: {n} rows")
+    return 0
+
+
+def _record_audit(a: argparse.Namespace) -> None:
+    """Append the command's audit row (as the operating-system user, role "cli"). A failure is reported,
+    not fatal: the change itself is already saved."""
+    entry = getattr(a, "audited", None)
+    if not entry:
+        return
+    action, target, detail = entry
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    try:
+        audit.record(getattr(a, "db", None), user, "cli", action, target, detail)
+    except audit.AuditUnavailable:
+        print(f"warning: the audit trail ({audit.audit_path(a.db)}) could not be written", file=sys.stderr)
 
 
 COMMANDS = {
@@ -448,6 +629,8 @@ COMMANDS = {
     "caseload": cmd_caseload,
     "acknowledge": cmd_acknowledge,
     "discharge": cmd_discharge,
+    "users": cmd_users,
+    "audit": cmd_audit,
 }
 
 
@@ -458,7 +641,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "export":
             _check_out_dir(args.out)
         handler = getattr(args, "handler", None)
-        return handler(args) if handler else COMMANDS[args.command](args)
+        code = handler(args) if handler else COMMANDS[args.command](args)
+        _record_audit(args)
+        return code
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code

@@ -1,7 +1,7 @@
 """What a clinician records on the caseload: acknowledging a flag, discharging (and re-admitting) a patient.
 
 - **Acknowledge** a flag raised by a questionnaire (``safety``: PHQ-9 item 9 above 0; ``deterioration``:
-  reliable deterioration at the latest score): who (a staff code; there is no sign-in yet), when, and a
+  reliable deterioration at the latest score): who (the signed-in account or a staff code), when, and a
   note. The row keeps ``flag_on``, the date of the questionnaire that raised the flag. The patient keeps the
   flag, marked acknowledged, and ranks after the unacknowledged flags of the same kind; a newer
   questionnaire that raises the flag again (its date is after ``flag_on``) un-acknowledges it, while one

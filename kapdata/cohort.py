@@ -43,10 +43,15 @@ class CohortFilter:
     providers: Sequence[str] = field(default_factory=tuple)
     routes: Sequence[str] = field(default_factory=tuple)
     conditions: Sequence[str] = field(default_factory=tuple)
+    #: The clinics the person asking may see (``access.scoped``); None: every clinic. Unlike ``clinics`` (a
+    #: choice, empty meaning all), an empty scope means no clinic at all.
+    scope: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("clinics", "providers", "routes", "conditions"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.scope is not None:
+            object.__setattr__(self, "scope", tuple(self.scope))
 
     def params(self) -> dict[str, Any]:
         return {
@@ -56,6 +61,8 @@ class CohortFilter:
             "providers": list(self.providers),
             "routes": list(self.routes),
             "conditions": list(self.conditions),
+            "scope_all": self.scope is None,
+            "scope": list(self.scope or ()),
         }
 
 
@@ -68,6 +75,7 @@ COHORT_WHERE = """
       AND (len($providers) = 0 OR list_contains($providers, p.provider))
       AND (len($routes) = 0 OR list_contains($routes, p.route))
       AND (len($conditions) = 0 OR list_contains($conditions, p.primary_condition))
+      AND ($scope_all OR coalesce(list_contains(CAST($scope AS VARCHAR[]), p.clinic), false))
 """
 _COHORT_FROM = "\n    FROM patients p LEFT JOIN patient_dosing d USING (patient_id)"
 

@@ -26,7 +26,7 @@ from kapdata import instruments as reg
 from kapdata import phases
 
 DEFAULT_DB = Path("data") / "kap.duckdb"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 LOCK_WAIT_SECONDS = 15.0
 
 PHASES = phases.PHASES
@@ -134,6 +134,21 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             discharged_by VARCHAR NOT NULL,
             discharged_at TIMESTAMP NOT NULL,
             note VARCHAR
+        )""",
+    ),
+    (
+        # Staff accounts (kapdata.accounts): the e-mail is the account identifier, never a patient's.
+        """CREATE TABLE users (
+            email VARCHAR PRIMARY KEY,
+            role VARCHAR NOT NULL,
+            clinics VARCHAR[] NOT NULL,
+            calendar_dates BOOLEAN NOT NULL DEFAULT false,
+            password_hash VARCHAR,
+            disabled BOOLEAN NOT NULL DEFAULT false,
+            failed_attempts INTEGER NOT NULL DEFAULT 0,
+            locked_until TIMESTAMP,
+            created_at TIMESTAMP NOT NULL,
+            changed_at TIMESTAMP NOT NULL
         )""",
     ),
 )

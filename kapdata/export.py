@@ -42,7 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from kapdata import __version__, db, filters, ingest
+from kapdata import __version__, access, db, filters, ingest
 from kapdata import instruments as reg
 from kapdata.cohort import COHORT_SQL, CohortFilter
 from kapdata.outcomes import OUTCOME_COLUMNS
@@ -873,10 +873,26 @@ class Export:
         return dict(self.manifest["k_anonymity"])
 
 
-def build(con: duckdb.DuckDBPyConnection, spec: ExportSpec, *, secret: str | None = None) -> Export:
+def for_principal(spec: ExportSpec, principal: access.Principal | None) -> ExportSpec:
+    """The request as ``principal`` may make it: refused (``access.NotPermitted``) without the export
+    permission, or with calendar dates and no per-user permission for them; the cohort narrowed to the
+    principal's clinics (in the SQL). ``None``: unchanged (the command line, tests)."""
+    if principal is None:
+        return spec
+    access.check_export(principal, spec.dates == "calendar")
+    return dataclasses.replace(spec, cohort=access.scoped(principal, spec.cohort))
+
+
+def build(
+    con: duckdb.DuckDBPyConnection,
+    spec: ExportSpec,
+    *,
+    secret: str | None = None,
+    principal: access.Principal | None = None,
+) -> Export:
     """Build the three files in memory. ``secret`` orders the new patient keys (tests fix it; otherwise a
-    fresh random one that is never stored)."""
-    spec = spec.checked()
+    fresh random one that is never stored). ``principal``: see ``for_principal``."""
+    spec = for_principal(spec, principal).checked()
     rows, patients = _materialise(con, spec)
     spec, k = _resolve_qis(con, spec, patients)
     if k.refused:
@@ -942,15 +958,49 @@ def write_dir(
     return export
 
 
-def zip_bytes(con: duckdb.DuckDBPyConnection, spec: ExportSpec, *, secret: str | None = None) -> bytes:
+def zip_bytes(
+    con: duckdb.DuckDBPyConnection,
+    spec: ExportSpec,
+    *,
+    secret: str | None = None,
+    principal: access.Principal | None = None,
+) -> bytes:
     """The page's download: one ``.zip`` with the data, the dictionary, Table 1 and the manifest
     (:class:`ExportRefused` when k is under the floor)."""
-    export = build(con, spec, secret=secret)
+    return build_zip(con, spec, secret=secret, principal=principal)[1]
+
+
+def build_zip(
+    con: duckdb.DuckDBPyConnection,
+    spec: ExportSpec,
+    *,
+    secret: str | None = None,
+    principal: access.Principal | None = None,
+) -> tuple[Export, bytes]:
+    """``zip_bytes`` with the export it holds (its spec, rows and manifest, for the audit trail)."""
+    export = build(con, spec, secret=secret, principal=principal)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
         for name, data in export.files.items():
             zf.writestr(name, data)
-    return buf.getvalue()
+    return export, buf.getvalue()
+
+
+def audit_detail(export: Export, content: bytes | None = None) -> dict[str, Any]:
+    """What the audit trail records of an export: the request, its counts and the checksums."""
+    detail: dict[str, Any] = {
+        "shape": export.spec.shape,
+        "format": export.spec.file_format,
+        "dates": export.spec.dates,
+        "filters": export.spec.filters(),
+        "quasi_identifiers": list(export.spec.qis),
+        "rows": export.rows,
+        "patients": export.patients,
+        "files": {name: f["sha256"] for name, f in export.manifest["files"].items()},
+    }
+    if content is not None:
+        detail["zip_sha256"] = hashlib.sha256(content).hexdigest()
+    return detail
 
 
 def zip_name(spec: ExportSpec, now: dt.datetime | None = None) -> str:
@@ -1048,10 +1098,16 @@ def _table1(con: duckdb.DuckDBPyConnection, spec: ExportSpec, min_cell: int, tot
     return pd.DataFrame(out, columns=["Characteristic", "Group", "Patients"])
 
 
-def preview(con: duckdb.DuckDBPyConnection, spec: ExportSpec, n: int = 20) -> Preview:
+def preview(
+    con: duckdb.DuckDBPyConnection,
+    spec: ExportSpec,
+    n: int = 20,
+    principal: access.Principal | None = None,
+) -> Preview:
     """What the download would hold: the first rows, counts, k-anonymity (``k_anonymity.refused``: no
-    download) and a suppressed Table 1. ``quasi_identifiers=None`` shows the default columns."""
-    spec = spec.checked()
+    download) and a suppressed Table 1. ``quasi_identifiers=None`` shows the default columns.
+    ``principal``: see ``for_principal``."""
+    spec = for_principal(spec, principal).checked()
     rows, patients = _materialise(con, spec)
     spec, k = _resolve_qis(con, spec, patients)
     head = _keyed(con, None, n).to_pandas()
@@ -1212,4 +1268,5 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
     if export.rows == 0:
         print("warning: the filters match no data; the files hold headers only", file=sys.stderr)
+    args.audited = ("export", str(args.out), audit_detail(export))
     return 0

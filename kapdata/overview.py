@@ -30,29 +30,43 @@ class Overview:
     thresholds: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
-def overview(con: duckdb.DuckDBPyConnection) -> Overview:
+#: The patients a scope may see (``$scope_all``: every patient).
+_SCOPED = (
+    "(SELECT patient_id FROM patients "
+    "WHERE $scope_all OR coalesce(list_contains(CAST($scope AS VARCHAR[]), clinic), false))"
+)
+
+
+def overview(con: duckdb.DuckDBPyConnection, scope: tuple[str, ...] | None = None) -> Overview:
+    """``scope``: the clinics the person may see (``Principal.scope()``); None for every clinic. Every count
+    and the headline are then of those clinics' patients only (in SQL)."""
+    sp = {"scope_all": scope is None, "scope": list(scope or ())}
+    inside = f"patient_id IN {_SCOPED}"
     counts = con.execute(
-        """SELECT (SELECT count(*) FROM patients), (SELECT count(*) FROM patients WHERE attributes_known),
-                  (SELECT count(*) FROM sessions), (SELECT count(*) FROM scores),
-                  (SELECT count(*) FROM patient_dosing),
-                  (SELECT CAST(min(assessed_on) AS VARCHAR) FROM scores),
-                  (SELECT CAST(max(assessed_on) AS VARCHAR) FROM scores),
-                  (SELECT count(*) FROM batches WHERE undone_at IS NULL)"""
+        f"""SELECT (SELECT count(*) FROM patients WHERE {inside}),
+                  (SELECT count(*) FROM patients WHERE attributes_known AND {inside}),
+                  (SELECT count(*) FROM sessions WHERE {inside}),
+                  (SELECT count(*) FROM scores WHERE {inside}),
+                  (SELECT count(*) FROM patient_dosing WHERE {inside}),
+                  (SELECT CAST(min(assessed_on) AS VARCHAR) FROM scores WHERE {inside}),
+                  (SELECT CAST(max(assessed_on) AS VARCHAR) FROM scores WHERE {inside}),
+                  (SELECT count(*) FROM batches WHERE undone_at IS NULL)""",
+        sp,
     ).fetchone()
     assert counts is not None
     by_phase = con.execute(
-        """SELECT instrument, phase, count(*) AS scores, count(DISTINCT patient_id) AS patients
-            FROM scores_phased GROUP BY instrument, phase
+        f"""SELECT instrument, phase, count(*) AS scores, count(DISTINCT patient_id) AS patients
+            FROM scores_phased WHERE {inside} GROUP BY instrument, phase
             ORDER BY list_position($codes, instrument), list_position($phases, phase)""",
-        {"codes": list(reg.BY_CODE), "phases": list(db.PHASES)},
+        {"codes": list(reg.BY_CODE), "phases": list(db.PHASES)} | sp,
     ).df()
     current = con.execute(
-        """WITH last AS (
+        f"""WITH last AS (
                 SELECT patient_id, arg_max(phase, assessed_at) AS phase
-                FROM scores_phased GROUP BY patient_id)
+                FROM scores_phased WHERE {inside} GROUP BY patient_id)
             SELECT phase, count(*) AS patients FROM last GROUP BY phase
             ORDER BY list_position($phases, phase)""",
-        {"phases": list(db.PHASES)},
+        {"phases": list(db.PHASES)} | sp,
     ).df()
     thresholds = {
         str(code): {
@@ -67,7 +81,8 @@ def overview(con: duckdb.DuckDBPyConnection) -> Overview:
     }
     rank = {code: i for i, code in enumerate(reg.BY_CODE)}
     headline = sorted(
-        (row for row in cohort.summary(con) if row["phase"] == "latest"), key=lambda r: rank[r["instrument"]]
+        (row for row in cohort.summary(con, cohort.CohortFilter(scope=scope)) if row["phase"] == "latest"),
+        key=lambda r: rank[r["instrument"]],
     )
     return Overview(
         patients=int(counts[0]),

@@ -34,7 +34,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from kapdata import cohort, phases
+from kapdata import access, cohort, phases
 from kapdata import definitions as defs
 from kapdata import instruments as reg
 from kapdata.outcomes import BOOLEAN_COLUMNS
@@ -422,10 +422,10 @@ def caseload(
     the safety group the highest ``safety_item9`` answer, then the latest ``safety_on``; otherwise the most
     recently assessed first (patients without any questionnaire last). Discharged patients (``discharged``)
     come after all the others, ranked the same way. One query."""
-    filt_params = (filt or cohort.CohortFilter()).params()
-    if not any(filt_params.values()):
+    filt = filt or cohort.CohortFilter()
+    if filt == cohort.CohortFilter():
         return con.execute(_EVERYONE_SQL, _params(today)).df()
-    return con.execute(_COHORT_SQL, _params(today) | filt_params).df()
+    return con.execute(_COHORT_SQL, _params(today) | filt.params()).df()
 
 
 def status(
@@ -564,9 +564,16 @@ def _settings(general: dict[str, float] | None, thresholds: dict[str, dict[str, 
 
 
 def patient_view(
-    con: duckdb.DuckDBPyConnection, patient_id: str, today: dt.date | None = None
+    con: duckdb.DuckDBPyConnection,
+    patient_id: str,
+    today: dt.date | None = None,
+    principal: access.Principal | None = None,
 ) -> PatientView | None:
-    """One patient's view (None if the patient is unknown): one query, filtered on ``patient_id`` first."""
+    """One patient's view (None if the patient is unknown): one query, filtered on ``patient_id`` first.
+    With a ``principal``, a role without patient-level access or a patient outside its clinics raises
+    ``access.NotPermitted`` before anything is read."""
+    if principal is not None:
+        access.check_patient(con, principal, patient_id)
     cur = con.execute(_ONE_PATIENT_SQL, _params(today) | {"pid": patient_id})
     row = cur.fetchone()
     if row is None:

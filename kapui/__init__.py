@@ -17,8 +17,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from kapdata import bootstrap, db, filters
+from kapdata import access, bootstrap, db, filters
 from kapdata import overview as ov
+from kapdata.access import Principal
 from kapdata.cohort import CohortFilter
 
 #: Session-state keys of the shared sidebar filters. dashboard.py keeps them alive across pages.
@@ -80,6 +81,12 @@ def md_escape(text: object) -> str:
 def show_error(exc: Exception) -> None:
     """A page failed: log the whole error for the administrator, show the person one line in words (never
     a traceback or the engine's message). ``KAP_DEBUG=1`` re-raises instead (the page tests set it)."""
+    from kapdata.access import NotPermitted
+    from kapui.auth import AuditRequired
+
+    if isinstance(exc, NotPermitted | AuditRequired):  # our own words
+        st.error(str(exc), icon=":material/block:")
+        return
     if os.environ.get("KAP_DEBUG") == "1":
         raise exc
     logging.getLogger("kapui").exception("page failed")
@@ -89,10 +96,14 @@ def show_error(exc: Exception) -> None:
 def initialise() -> str:
     """Every page's first call: route through dashboard.py, make sure the database exists; its path."""
     page_guard()
+    from kapui import auth
+
     path = database_path()
     if db.writing(path):  # an import, undo or settings change is being saved: wait for it, visibly
         with st.spinner("Another person is saving changes to the database; this page waits for them…"):
             db.wait_for_writers(path)
+    caller = sys._getframe(1).f_globals.get("__file__", "")
+    auth.check_page(path, str(caller))  # the gate, when the page did not run through dashboard.py
     _initialise(path)
     return path
 
@@ -101,10 +112,24 @@ def data_version(path: str) -> tuple[int, int]:
     return db.file_version(path)
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
 def overview(path: str, version: tuple[int, int]) -> ov.Overview:
+    """The overview of the clinics the signed-in person may see."""
+    who = principal()
+    who.require("cohort.view", "see the overview")
+    return _overview(path, version, who.scope())
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _overview(path: str, version: tuple[int, int], scope: tuple[str, ...] | None) -> ov.Overview:
     with db.reader(path) as con:
-        return ov.overview(con)
+        return ov.overview(con, scope)
+
+
+def principal() -> Principal:
+    """The signed-in person of this run (``kapui.auth.gate``)."""
+    from kapui import auth
+
+    return auth.principal()
 
 
 def fmt_rate(rate: dict[str, float | int | None]) -> str:
@@ -115,10 +140,17 @@ def fmt_rate(rate: dict[str, float | int | None]) -> str:
     return f"{100 * float(rate['rate']):.1f}% (95% CI {100 * lo:.1f}–{100 * hi:.1f}), {rate['k']}/{rate['n']}"
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
 def filter_options(path: str, version: tuple[int, int]) -> filters.FilterOptions:
+    """What the sidebar offers: values of the signed-in person's clinics only."""
+    return _filter_options(path, version, principal().scope())
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _filter_options(
+    path: str, version: tuple[int, int], scope: tuple[str, ...] | None
+) -> filters.FilterOptions:
     with db.reader(path) as con:
-        return filters.filter_options(con)
+        return filters.filter_options(con, scope)
 
 
 def keep_filter_state() -> None:
@@ -164,11 +196,14 @@ def sidebar_filters(
     conditions = []
     if "conditions" in fields:
         conditions = sb.multiselect("Primary condition", opts.conditions, key="f_conditions")
-    return CohortFilter(
-        start_from=start_from,
-        start_to=start_to,
-        clinics=tuple(clinics),
-        providers=tuple(p for p in providers if p in provider_choices),
-        routes=tuple(routes),
-        conditions=tuple(conditions),
+    return access.scoped(
+        principal(),
+        CohortFilter(
+            start_from=start_from,
+            start_to=start_to,
+            clinics=tuple(clinics),
+            providers=tuple(p for p in providers if p in provider_choices),
+            routes=tuple(routes),
+            conditions=tuple(conditions),
+        ),
     )

@@ -18,7 +18,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from kapdata import cohort, csvsafe, db, stats
+from kapdata import access, cohort, csvsafe, db, stats
 from kapdata import definitions as defs
 from kapdata import instruments as reg
 from kapdata.charts import cohort as figs
@@ -30,8 +30,25 @@ SMALL_STYLE = "background-color: #fff3cd"
 PLOTLY_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
 
 
-@st.cache_data(show_spinner="Computing the cohort's outcomes…", max_entries=32)
 def report(
+    path: str,
+    version: tuple[int, int],
+    filt: CohortFilter,
+    scales: tuple[str, ...],
+    endpoint: str,
+    breakdown: str | None,
+    weekly: bool,
+) -> cohort.CohortReport:
+    """The clinic report of the signed-in person's clinics (the scope is applied in the cohort SQL)."""
+    from kapui import auth
+
+    who = auth.principal()
+    who.require("cohort.view", "see clinic outcomes")
+    return _report(path, version, access.scoped(who, filt), scales, endpoint, breakdown, weekly)
+
+
+@st.cache_data(show_spinner="Computing the cohort's outcomes…", max_entries=32)
+def _report(
     path: str,
     version: tuple[int, int],
     filt: CohortFilter,

@@ -117,8 +117,12 @@ def why(exc: Exception) -> str:
 
 def undo(path: str, batch_id: int) -> str:
     """Undo one batch (one transaction); returns what was removed, in words."""
+    from kapui import auth
+
+    auth.principal().require("undo", "undo an import")
     counts = ingest.undo_batch(batch_id, path)
     clear_caches()
+    auth.record(path, "undo", f"batch {batch_id}", dict(counts))
     st.session_state.pop(UNDO_CHOICE, None)
     kept = counts["patients_kept"] + counts["patients_reset"]
     text = (
@@ -137,16 +141,24 @@ def save_settings(
     path: str, general: Mapping[str, object], thresholds: Mapping[str, Mapping[str, object]]
 ) -> list[ks.Change]:
     """Validate and save (raises ``settings.InvalidSettings``, nothing saved); every page shows the change."""
+    from kapui import auth
+
+    auth.principal().require("settings", "change the settings")
     done = ks.update(path, general=general, thresholds=thresholds)
     if done:
         clear_caches()
+        auth.record(path, "settings change", "settings", {"changes": [str(c) for c in done]})
     return done
 
 
 def reset_settings(path: str) -> list[ks.Change]:
+    from kapui import auth
+
+    auth.principal().require("settings", "change the settings")
     done = ks.reset(path)
     if done:
         clear_caches()
+        auth.record(path, "settings change", "reset", {"changes": [str(c) for c in done]})
     return done
 
 
@@ -365,11 +377,22 @@ def commit(v: Validation, path: str, *, quarantine: bool, progress: Callable[[fl
     """Load the staged files for real in one transaction; store and return the outcome."""
     n_rows = sum(f.rows_read for f in v.result.files) if v.result else 0
     progress(0.1, f"Validating and loading {n_rows:,} rows from {len(v.sources)} file(s) in one transaction…")
+    from kapui import auth
+
+    auth.principal().require("import", "import data")
     folder = Path(tempfile.mkdtemp(prefix="kap-import-"))
     try:
         sources = _stage(v.uploads, folder)
         result = ingest.load_files(sources, path, on_error="quarantine" if quarantine else "reject")
         rejects = _rejects(result)
+        files = [
+            {"file": s.name, "kind": f.kind, "batch": f.batch_id, "rows_loaded": f.rows_loaded}
+            for s, f in zip(sources, result.files, strict=False)
+        ]
+        try:
+            auth.record(path, "import", ", ".join(s.name for s in sources), {"files": files})
+        except auth.AuditRequired:
+            logging.getLogger("kapui").error("import saved but not audited")
     except ingest.ImportRejected as exc:
         outcome = Outcome(
             False,

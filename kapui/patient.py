@@ -8,15 +8,17 @@ patient view can be shared inside the clinic and reloads to the same view.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
 import streamlit as st
 
+from kapdata import access, db, report, settings
 from kapdata import caseload as records
-from kapdata import db, report, settings
 from kapdata import instruments as reg
 from kapdata import patient as pt
+from kapdata.access import Principal
 from kapdata.cohort import CohortFilter
 from kapui import md_escape
 
@@ -30,22 +32,46 @@ MESSAGE_KEY = "record_message"
 SHOW_DISCHARGED_KEY = "show_discharged"
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
+def _who() -> Principal:
+    from kapui import auth
+
+    return auth.principal()
+
+
 def caseload(path: str, version: tuple[int, int], filt: CohortFilter, today: dt.date) -> pd.DataFrame:
+    """The caseload of the signed-in clinician's clinics (the scope is applied in the SQL)."""
+    who = _who()
+    who.require("patient.view", "see the caseload")
+    return _caseload(path, version, access.scoped(who, filt), today)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _caseload(path: str, version: tuple[int, int], filt: CohortFilter, today: dt.date) -> pd.DataFrame:
     with db.reader(path) as con:
         return pt.caseload(con, filt, today)
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
 def patient_view(
     path: str, version: tuple[int, int], patient_id: str, today: dt.date
 ) -> pt.PatientView | None:
+    """One patient's view; ``access.NotPermitted`` for a role without it or a patient of another clinic."""
+    return _patient_view(path, version, patient_id, today, _who())
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _patient_view(
+    path: str, version: tuple[int, int], patient_id: str, today: dt.date, who: Principal
+) -> pt.PatientView | None:
     with db.reader(path) as con:
-        return pt.patient_view(con, patient_id, today)
+        return pt.patient_view(con, patient_id, today, principal=who)
+
+
+def patient_ids(path: str, version: tuple[int, int], filt: CohortFilter) -> list[str]:
+    return _patient_ids(path, version, access.scoped(_who(), filt))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def patient_ids(path: str, version: tuple[int, int], filt: CohortFilter) -> list[str]:
+def _patient_ids(path: str, version: tuple[int, int], filt: CohortFilter) -> list[str]:
     with db.reader(path) as con:
         return pt.patient_ids(con, filt)
 
@@ -60,6 +86,20 @@ def help_texts(path: str, version: tuple[int, int]) -> dict[str, str]:
 def today() -> dt.date:
     """The page's "today" (the real date; tests replace this function)."""
     return dt.date.today()
+
+
+def audited_report(path: str, view: pt.PatientView) -> Callable[[], str]:
+    """The progress report download, built when clicked: audited (``report printed``) before it is handed
+    over."""
+    from kapui import auth
+
+    record = auth.recorder(path)
+
+    def build() -> str:
+        record("report printed", view.patient_id, {"format": "html"})
+        return report.progress_report(view)
+
+    return build
 
 
 # --- the chosen patient, in the URL ---------------------------------------------------------------------
@@ -345,8 +385,16 @@ def flag_alerts(view: pt.PatientView) -> None:
 def _record(action: str, path: str, patient_id: str, today: dt.date) -> None:
     """Button callback: write one acknowledgement / discharge / re-admission (one short transaction); the
     outcome is shown on the rerun that follows, with data read afresh (caches follow the file)."""
+    from kapui import auth
+
     staff, note = st.session_state.get(STAFF_KEY), st.session_state.get(NOTE_KEY)
+    who = _who()
+    if who.source != "os":  # signed in: the account is who records it
+        staff = who.email
     try:
+        who.require("patient.record", "record acknowledgements or discharges")
+        with db.reader(path) as con:
+            access.check_patient(con, who, patient_id)
         if action in pt.ACK_FLAGS:
             ack = records.acknowledge(path, patient_id, action, staff or "", note, today=today)
             message = (
@@ -358,6 +406,9 @@ def _record(action: str, path: str, patient_id: str, today: dt.date) -> None:
         else:
             records.readmit(path, patient_id)
             message = f"Patient {patient_id} re-admitted to the caseload."
+    except access.NotPermitted as exc:
+        st.session_state[MESSAGE_KEY] = ("error", str(exc))
+        return
     except records.CaseloadError as exc:
         st.session_state[MESSAGE_KEY] = ("error", f"Nothing recorded: {exc}.")
         return
@@ -369,10 +420,15 @@ def _record(action: str, path: str, patient_id: str, today: dt.date) -> None:
         return
     st.session_state[NOTE_KEY] = ""
     st.session_state[MESSAGE_KEY] = ("success", message)
+    kind = "acknowledgement" if action in pt.ACK_FLAGS else "discharge"
+    try:
+        auth.record(path, kind, patient_id, {"action": action})
+    except auth.AuditRequired:
+        st.session_state[MESSAGE_KEY] = ("error", message + " " + auth.AUDIT_DOWN)
 
 
 def record_panel(path: str, view: pt.PatientView, defs: dict[str, str]) -> None:
-    """Acknowledge the patient's flags, discharge or re-admit: the staff code says who (no sign-in yet)."""
+    """Acknowledge the flags, discharge or re-admit: who is the signed-in account (else the staff code)."""
     s = view.status
     message = st.session_state.pop(MESSAGE_KEY, None)
     if message:
@@ -383,12 +439,17 @@ def record_panel(path: str, view: pt.PatientView, defs: dict[str, str]) -> None:
         "Acknowledge a flag · discharge", expanded=bool(s["flag_safety"] and not s["safety_ack"])
     ):
         left, right = st.columns([1, 3])
-        left.text_input(
-            "Your staff code",
-            key=STAFF_KEY,
-            max_chars=32,
-            help="Who is recording this (there is no sign-in yet): your staff code, not a patient ID.",
-        )
+        who = _who()
+        if who.source != "os":
+            left.caption("Recorded as")
+            left.text(who.email)
+        else:
+            left.text_input(
+                "Your staff code",
+                key=STAFF_KEY,
+                max_chars=32,
+                help="Who is recording this (no sign-in here): your staff code, not a patient ID.",
+            )
         right.text_area(
             "Note",
             key=NOTE_KEY,

@@ -1,13 +1,13 @@
 """Patient trends: the caseload ranked by need for attention, and one patient's view (chosen in the URL)."""
 
-import functools
-
 import streamlit as st
 
 import kapui
-from kapdata import db, report
+from kapdata import db
 from kapdata import patient as pt
+from kapdata.access import NotPermitted
 from kapdata.charts import patient as charts
+from kapui import auth
 from kapui import patient as ui
 
 path = kapui.initialise()
@@ -15,7 +15,12 @@ version = kapui.data_version(path)
 today = ui.today()
 cohort = kapui.sidebar_filters(path, ("clinics", "providers"))
 chosen = ui.chosen_patient()
-view = ui.patient_view(path, version, chosen, today) if chosen else None
+try:
+    view = ui.patient_view(path, version, chosen, today) if chosen else None
+except NotPermitted as exc:
+    auth.deny(path, "patient view", chosen, str(exc))
+if view is not None:
+    auth.viewed_patient(path, view.patient_id)  # fails closed when sign-in is required
 defs = pt.help_texts(view.settings) if view else ui.help_texts(path, version)
 
 if view is None:
@@ -67,7 +72,7 @@ with top[2]:
     ui.patient_picker(ui.patient_ids(path, version, cohort), view.patient_id, label="Patient", compact=True)
 top[3].download_button(
     "Progress report (HTML)",
-    data=functools.partial(report.progress_report, view),
+    data=ui.audited_report(path, view),
     file_name=f"progress-{view.patient_id}-{today:%Y%m%d}.html",
     mime="text/html",
     icon=":material/download:",

@@ -67,7 +67,7 @@ with st.container(border=True):
     )
     dates_choice = c[2].segmented_control(
         "Dates",
-        tuple(DATE_LABELS),
+        tuple(d for d in DATE_LABELS if d != "calendar" or kapui.principal().may("export.calendar")),
         format_func=DATE_LABELS.get,
         required=True,
         default="relative",
