@@ -119,13 +119,21 @@ def _check_db(a: argparse.Namespace) -> None:
             break
 
 
-def _check_inputs(files: Sequence[str]) -> None:
-    """Files to load are regular files (a folder, a device such as /dev/zero or a pipe is refused);
-    a missing file is left to the import's own report."""
+def _check_inputs(files: Sequence[str], *, mapped: bool = False) -> None:
+    """Files to load are regular files (a device such as /dev/zero or a pipe is refused; a folder only as
+    a folder of FHIR files); a missing file is left to the import's own report."""
+    from kapdata import fhir
+
     for name in files:
         p = Path(name)
+        if p.is_dir() and (mapped or not fhir.is_fhir(p)):
+            raise CliError(
+                f"{name}: is a folder, not a file; give the files inside it (a folder is read only when it "
+                "holds FHIR .json or .ndjson files)",
+                2,
+            )
         if p.is_dir():
-            raise CliError(f"{name}: is a folder, not a file; give the files inside it", 2)
+            continue
         if p.exists() and not p.is_file():
             raise CliError(
                 f"{name}: is not a regular file (a device or a pipe); give a .csv, .parquet or .xlsx", 2
@@ -143,8 +151,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kapdata {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("load", help="validate and load patients / sessions / scores files")
-    p.add_argument("files", nargs="+", metavar="FILE", help=".csv, .parquet or .xlsx")
+    p = sub.add_parser(
+        "load",
+        help="validate and load patients / sessions / scores files, FHIR R4, or any file through a mapping",
+    )
+    p.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help=".csv, .parquet or .xlsx; FHIR R4 .json (Bundle) or .ndjson, or a folder of them",
+    )
+    p.add_argument(
+        "--mapping",
+        metavar="MAP.json",
+        help="read every FILE through this column mapping (long, wide or REDCap layout; see README)",
+    )
+    p.add_argument(
+        "--new-patients",
+        action="store_true",
+        help="allow scores and sessions to create patients that are in no patients file of this load",
+    )
+    p.add_argument(
+        "--fhir-ids-are-pseudonymous",
+        action="store_true",
+        help="use FHIR Patient ids as the patient_id (default: replaced by this database's keyed hash)",
+    )
     _db_arg(p)
     p.add_argument(
         "--on-error",
@@ -261,11 +292,28 @@ def _print_rejected(exc: ingest.ImportRejected) -> int:
 
 
 def cmd_load(a: argparse.Namespace) -> int:
-    _check_inputs(a.files)
+    _check_inputs(a.files, mapped=bool(a.mapping))
     if a.rejects:
         _check_out_file(a.rejects, "--rejects")
+    files: list[str | ingest.SourceFile] = list(a.files)
+    if a.mapping:
+        from kapdata.ingest import mapping as mp
+
+        try:
+            spec = mp.load_mapping_file(a.mapping)
+        except mp.MappingError as exc:
+            raise CliError(f"{a.mapping}: {exc}", 2) from None
+        files = [ingest.SourceFile(Path(f), Path(f).name, spec) for f in a.files]
     try:
-        result = ingest.load_files(a.files, a.db, on_error=a.on_error, rejects=a.rejects, dry_run=a.dry_run)
+        result = ingest.load_files(
+            files,
+            a.db,
+            on_error=a.on_error,
+            rejects=a.rejects,
+            dry_run=a.dry_run,
+            new_patients=a.new_patients,
+            fhir_ids_are_pseudonymous=a.fhir_ids_are_pseudonymous,
+        )
     except ingest.ImportRejected as exc:
         return _print_rejected(exc)
     for problem in result.problems:

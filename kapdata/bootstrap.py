@@ -134,7 +134,7 @@ def _create_or_check(target: Path, created: bool, folder: Path, shift: bool, day
         if not files:
             return f"{db.db_path(path)}: created, empty (no sample files in {folder})"
         if not shift:
-            result = ingest.load_with_connection(con, files, today=day)
+            result = ingest.load_with_connection(con, files, today=day, new_patients=True)
             days = 0
         else:
             end = last_date(files)
@@ -142,7 +142,7 @@ def _create_or_check(target: Path, created: bool, folder: Path, shift: bool, day
             work = Path(tempfile.mkdtemp(prefix="kap-sample-"))
             try:
                 shifted = shift_files(files, days, work)
-                result = ingest.load_with_connection(con, shifted, today=day)
+                result = ingest.load_with_connection(con, shifted, today=day, new_patients=True)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
         batch_ids = [f.batch_id for f in result.files if f.batch_id is not None]

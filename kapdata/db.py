@@ -26,7 +26,7 @@ from kapdata import instruments as reg
 from kapdata import phases
 
 DEFAULT_DB = Path("data") / "kap.duckdb"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 LOCK_WAIT_SECONDS = 15.0
 
 PHASES = phases.PHASES
@@ -149,6 +149,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             locked_until TIMESTAMP,
             created_at TIMESTAMP NOT NULL,
             changed_at TIMESTAMP NOT NULL
+        )""",
+    ),
+    (
+        # Column mappings saved by name (kapdata.ingest.mapping): next month's export loads with the same one.
+        """CREATE TABLE mappings (
+            name VARCHAR PRIMARY KEY,
+            spec VARCHAR NOT NULL,
+            headers VARCHAR[] NOT NULL,
+            saved_at TIMESTAMP NOT NULL
         )""",
     ),
 )

@@ -958,6 +958,76 @@ def write_dir(
     return export
 
 
+FHIR_FILE = "bundle.json"
+
+
+def write_fhir_bundle(
+    con: duckdb.DuckDBPyConnection, spec: ExportSpec, out: str | Path, *, secret: str | None = None
+) -> Export:
+    """``export --format fhir``: ``DIR/bundle.json``, an R4 Bundle (type collection) of one Observation per
+    questionnaire (LOINC total code, items as components, subject ``Patient/P0001``…, the export's keys),
+    checked with ``fhir.resources``, and ``DIR/manifest.json``. FHIR dates are calendar dates, so only
+    ``--shape long --dates calendar`` is accepted (:class:`ExportError` otherwise). The Bundle carries no
+    patient characteristics, so k-anonymity is counted over none (the cohort's size against the floor)."""
+    from kapdata import fhir
+
+    if spec.shape != "long":
+        raise ExportError("--format fhir writes one Observation per questionnaire: use --shape long")
+    if spec.dates != "calendar":
+        raise ExportError(
+            "--format fhir needs --dates calendar: a FHIR Observation's date is a calendar date, so days "
+            "from the first dose cannot be written"
+        )
+    spec = dataclasses.replace(spec, file_format="csv", items=True, quasi_identifiers=()).checked()
+    rows, patients = _materialise(con, spec)
+    spec, k = _resolve_qis(con, spec, patients)
+    if k.refused:
+        raise ExportRefused(k)
+    observations = [
+        fhir.observation(
+            n,
+            str(r["patient_id"]),
+            str(r["instrument"]),
+            r["assessed_on"].isoformat(),
+            None if r["total"] is None else int(r["total"]),
+            {i: r.get(f"item_{i}") for i in range(1, reg.MAX_ITEMS + 1)},
+            prorated=bool(r["prorated"]),
+        )
+        for n, r in enumerate(_keyed(con, secret).to_pylist(), 1)
+    ]
+    data = (json.dumps(fhir.bundle(observations), indent=1, ensure_ascii=False) + "\n").encode()
+    manifest = {
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "software": {"kapdata": __version__},
+        "shape": "long",
+        "format": "fhir",
+        "fhir": "FHIR R4 Bundle (type collection) of Observations, LOINC-coded; checked with fhir.resources",
+        "filters": spec.filters(),
+        "rows": rows,
+        "patients": patients,
+        "dates": "calendar",
+        "calendar_dates_included": True,
+        "de_identification": {
+            "patient_ids": "re-keyed P0001… for this export (Observation.subject Patient/P0001…) in a random "
+            "order from a secret that was not saved",
+            "dates": DATES_PROTECT["calendar"],
+            "linkage": LINKAGE_NOTE,
+            "columns_not_exported": "source patient ID, provider and every patient characteristic",
+        },
+        "k_anonymity": k.as_dict(),
+        "files": {FHIR_FILE: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}},
+    }
+    files = {
+        FHIR_FILE: data,
+        MANIFEST_FILE: (json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n").encode(),
+    }
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        (folder / name).write_bytes(content)
+    return Export(spec, files, manifest)
+
+
 def zip_bytes(
     con: duckdb.DuckDBPyConnection,
     spec: ExportSpec,
@@ -1140,7 +1210,12 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write the four files into")
     p.add_argument("--db", help="database file (default: $KAP_DB, then data/kap.duckdb)")
     p.add_argument("--shape", default="long", help="long (default), wide, outcomes or sessions")
-    p.add_argument("--format", default="csv", dest="file_format", help="csv (default) or parquet")
+    p.add_argument(
+        "--format",
+        default="csv",
+        dest="file_format",
+        help="csv (default), parquet, or fhir (DIR/bundle.json, an R4 Bundle; needs --dates calendar)",
+    )
     p.add_argument(
         "--instrument", action="append", default=[], metavar="NAME", help="PHQ-9, GAD-7, PCL-5 (repeat)"
     )
@@ -1232,7 +1307,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         instruments=tuple(args.instrument),
         phases=tuple(args.phase),
         shape=args.shape,
-        file_format=args.file_format,
+        file_format="csv" if args.file_format == "fhir" else args.file_format,
         dates=args.dates,
         days=getattr(args, "days", "day"),
         quasi_identifiers=_without(getattr(args, "without", None), args.shape),
@@ -1248,7 +1323,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
         spec = dataclasses.replace(spec, cohort=cohort)
         try:
-            export = write_dir(con, spec, args.out)
+            writer = write_fhir_bundle if args.file_format == "fhir" else write_dir
+            export = writer(con, spec, args.out)
         except ExportRefused as exc:
             raise ExportRefused(
                 exc.k_anonymity, _refusal_hint(exc.k_anonymity, getattr(args, "without", None) or ())
@@ -1263,7 +1339,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
     days = "" if export.spec.dates == "calendar" else f" in {export.spec.days}s"
     print(
-        f"{files}: {export.rows:,} rows, {export.patients:,} patients ({spec.shape}, {spec.file_format}, "
+        f"{files}: {export.rows:,} rows, {export.patients:,} patients ({spec.shape}, {args.file_format}, "
         f"{spec.dates} dates{days}); k-anonymity {k['k'] if k['k'] is not None else '-'} over {qis}{left_out}"
     )
     if export.rows == 0:

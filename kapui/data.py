@@ -25,7 +25,7 @@ import streamlit as st
 from kapdata import csvsafe, db, ingest
 from kapdata import settings as ks
 
-UPLOAD_TYPES: tuple[str, ...] = ("csv", "parquet", "xlsx")
+UPLOAD_TYPES: tuple[str, ...] = ("csv", "parquet", "xlsx", "json", "ndjson")  # .json/.ndjson: FHIR R4
 PREVIEW_ROWS = 5
 REPORT_COLUMNS: tuple[str, ...] = ("file", "row", "column", "value", "reason", "severity")
 
@@ -33,6 +33,8 @@ _VALIDATION = "import_validation"  # session state: the staged upload and its dr
 _OUTCOME = "import_outcome"  # session state: the last commit's outcome, shown until the next upload
 _UPLOADER = "import_uploader_generation"  # bumped after a commit so the uploader starts empty
 UNDO_CHOICE = "undo_batch"  # the key of the page's batch selector
+_UNDO_RESET = "undo_batch_reset"  # set by a commit or an undo: the selector starts again from the newest
+OPTIONS_RESET = "import_options_reset"  # set by a commit: the load options start again from their defaults
 
 
 class Upload(Protocol):
@@ -107,6 +109,19 @@ def undo_choices(history: pd.DataFrame) -> dict[int, str]:
     }
 
 
+def select_undo_choice(choices: Mapping[int, str]) -> None:
+    """Call before the batch selector is drawn: after a commit or an undo, or when the chosen batch is gone,
+    choose the newest active batch *explicitly*.
+
+    Only dropping the selector's value (as this once did) leaves the browser showing the batch it had
+    chosen (the widget keeps its key) while the server falls back to the first choice, so the confirmation
+    named another batch than the box. A value set before the widget is drawn is sent to the browser too.
+    """
+    reset = st.session_state.pop(_UNDO_RESET, False)
+    if choices and (reset or st.session_state.get(UNDO_CHOICE) not in choices):
+        st.session_state[UNDO_CHOICE] = next(iter(choices))
+
+
 def why(exc: Exception) -> str:
     """Our own refusals say what is wrong in their own words; anything else is explained, not quoted."""
     if isinstance(exc, ingest.UndoError):
@@ -123,7 +138,7 @@ def undo(path: str, batch_id: int) -> str:
     counts = ingest.undo_batch(batch_id, path)
     clear_caches()
     auth.record(path, "undo", f"batch {batch_id}", dict(counts))
-    st.session_state.pop(UNDO_CHOICE, None)
+    st.session_state[_UNDO_RESET] = True
     kept = counts["patients_kept"] + counts["patients_reset"]
     text = (
         f"Batch {batch_id} undone: {counts['scores']:,} scores, {counts['sessions']:,} sessions and "
@@ -177,6 +192,8 @@ class Validation:
     failure: str | None = None  # the dry run itself could not run (e.g. the database is busy)
     uploads: list[Upload] = field(default_factory=list)
     previews: list[pd.DataFrame | None] = field(default_factory=list)  # identifier columns left out
+    mappings: dict[str, object] = field(default_factory=dict)  # upload file_id -> its column mapping
+    options: dict[str, object] = field(default_factory=dict)  # load_files keywords (new_patients, ...)
 
     @property
     def token(self) -> str:
@@ -245,21 +262,40 @@ def _safe_preview(src: ingest.SourceFile) -> pd.DataFrame | None:
     return frame[keep]
 
 
-def _stage(files: Sequence[Upload], folder: Path) -> list[ingest.SourceFile]:
-    """Write the uploads to ``folder/<n>/<own name>`` (names kept for the report; no path parts)."""
+def _stage(
+    files: Sequence[Upload], folder: Path, mappings: Mapping[str, object] | None = None
+) -> list[ingest.SourceFile]:
+    """Write the uploads to ``folder/<n>/<own name>`` (names kept for the report; no path parts); an
+    upload with a column mapping (``mappings[file_id]``, see :mod:`kapui.mapping`) is read through it."""
     sources = []
     for n, f in enumerate(files):
         name = Path(f.name).name or f"upload-{n + 1}"
         target = folder / str(n + 1) / name
         target.parent.mkdir(parents=True)
         target.write_bytes(f.getvalue())
-        sources.append(ingest.SourceFile(target, name))
+        mapping = (mappings or {}).get(f.file_id)
+        sources.append(
+            ingest.SourceFile(target, name)
+            if mapping is None
+            else ingest.SourceFile(target, name, mapping=mapping)
+        )
     return sources
 
 
-def validate_uploads(files: Sequence[Upload], path: str) -> Validation:
-    """Stage and dry-run the uploads; reused across reruns until the files or the database change."""
-    signature = tuple((f.file_id, f.name, f.size) for f in files)
+def validate_uploads(
+    files: Sequence[Upload],
+    path: str,
+    *,
+    mappings: Mapping[str, object] | None = None,
+    options: Mapping[str, object] | None = None,
+) -> Validation:
+    """Stage and dry-run the uploads; reused across reruns until the files, their mappings, the load
+    options (``load_files`` keywords such as ``new_patients``) or the database change."""
+    mappings, options = dict(mappings or {}), dict(options or {})
+    signature = tuple((f.file_id, f.name, f.size) for f in files) + (
+        ("mappings", repr(sorted((k, getattr(m, "to_json", m.__repr__)()) for k, m in mappings.items())), 0),
+        ("options", repr(sorted(options.items())), 0),
+    )
     version = db.file_version(path)
     current = st.session_state.get(_VALIDATION)
     if isinstance(current, Validation) and current.signature == signature and current.version == version:
@@ -268,14 +304,21 @@ def validate_uploads(files: Sequence[Upload], path: str) -> Validation:
     st.session_state.pop(_OUTCOME, None)
     folder = Path(tempfile.mkdtemp(prefix="kap-import-"))
     try:
-        validation = Validation(signature, version, folder, _stage(files, folder), uploads=list(files))
+        sources = _stage(files, folder, mappings)
+        validation = Validation(
+            signature, version, folder, sources, uploads=list(files), mappings=mappings, options=options
+        )
         # Quarantine mode for the dry run: every file is checked against this load's good rows too, so
         # the report and the counts say exactly what either kind of commit would do.
-        validation.result = ingest.load_files(validation.sources, path, on_error="quarantine", dry_run=True)
+        validation.result = ingest.load_files(
+            validation.sources, path, on_error="quarantine", dry_run=True, **options
+        )
         validation.previews = [_safe_preview(src) for src in validation.sources]
     except Exception as exc:  # shown on the page; a dry run never changes the database
         logging.getLogger("kapui").exception("dry run failed")
-        validation = Validation(signature, version, folder, [], uploads=list(files))
+        validation = Validation(
+            signature, version, folder, [], uploads=list(files), mappings=mappings, options=options
+        )
         validation.failure = db.explain(exc, path)
     finally:
         # The uploads (which may hold what a refused file should never have had) leave the disk now.
@@ -334,6 +377,35 @@ def totals(counts: pd.DataFrame) -> dict[str, int]:
     return out
 
 
+def problems_headline(v: Validation) -> str:
+    """``3 problem(s) in 3 row(s)`` / ``1 problem(s) in 1 file refused as a whole (4,404 rows)``.
+
+    The rows named are the ones the *Rejected* count adds up: rows with errors in the files that were
+    checked, plus every row of a file refused as a whole (a file-level problem is never "1 row").
+    """
+    result = v.result
+    if result is None:
+        return "no problems"
+    refused = set(v.refused)
+    bad_rows = sum(f.rows_rejected for f in result.files if f.file not in refused)
+    refused_rows = sum(f.rows_read for f in result.files if f.file in refused)
+    parts = []
+    if bad_rows or not refused:
+        parts.append(f"{bad_rows:,} row(s)")
+    if refused:
+        what = "file refused as a whole" if len(refused) == 1 else "files refused as a whole"
+        rows = f"{refused_rows:,} rows" if refused_rows else "its rows were not read"
+        if len(refused) > 1 and not refused_rows:
+            rows = "their rows were not read"
+        parts.append(f"{len(refused):,} {what} ({rows})")
+    return f"{result.error_count:,} problem(s) in " + " and ".join(parts)
+
+
+def unknown_patients(v: Validation) -> bool:
+    """Whether an error is a patient ID that is in neither the database nor this load (new-patients rule)."""
+    return any(p.column == "patient_id" and "new patient" in p.reason.lower() for p in v.errors)
+
+
 def report_frame(result: ingest.LoadResult | None) -> pd.DataFrame:
     """The validation report: file, row, column, value, reason, severity (errors first, in file order)."""
     problems = result.problems if result else []
@@ -382,8 +454,10 @@ def commit(v: Validation, path: str, *, quarantine: bool, progress: Callable[[fl
     auth.principal().require("import", "import data")
     folder = Path(tempfile.mkdtemp(prefix="kap-import-"))
     try:
-        sources = _stage(v.uploads, folder)
-        result = ingest.load_files(sources, path, on_error="quarantine" if quarantine else "reject")
+        sources = _stage(v.uploads, folder, v.mappings)
+        result = ingest.load_files(
+            sources, path, on_error="quarantine" if quarantine else "reject", **v.options
+        )
         rejects = _rejects(result)
         files = [
             {"file": s.name, "kind": f.kind, "batch": f.batch_id, "rows_loaded": f.rows_loaded}
@@ -412,7 +486,8 @@ def commit(v: Validation, path: str, *, quarantine: bool, progress: Callable[[fl
     progress(1.0, "Done")
     if outcome.ok:
         st.session_state[_UPLOADER] = st.session_state.get(_UPLOADER, 0) + 1
-        st.session_state.pop(UNDO_CHOICE, None)  # the undo list starts again from the newest batch
+        st.session_state[_UNDO_RESET] = True  # the undo list starts again from the newest batch
+        st.session_state[OPTIONS_RESET] = True  # "create new patients" is never carried to the next load
         _forget_validation()
     st.session_state[_OUTCOME] = outcome
     return outcome

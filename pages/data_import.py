@@ -4,13 +4,15 @@ import streamlit as st
 
 import kapui
 from kapui import data
+from kapui import mapping as mapping_ui
 
 path = kapui.initialise()
 limit = data.max_upload_mb()
 
 st.title("Data import")
 st.caption(
-    "Load patients, dosing sessions and questionnaire scores, exactly as `python -m kapdata load` does. "
+    "Load patients, dosing sessions and questionnaire scores, exactly as `python -m kapdata load` does: "
+    "the three native files, FHIR R4, a REDCap export, or any spreadsheet through a column mapping. "
     "Files are checked first; nothing reaches the database until you commit, and a commit is all or "
     f"nothing. Database: `{path}`."
 )
@@ -34,12 +36,69 @@ files = st.file_uploader(
     "sessions, instrument / assessed_on / item_N → scores. Data must arrive anonymized.",
 )
 st.caption(
-    f"Up to {limit} MB per file (`server.maxUploadSize` in `.streamlit/config.toml`) · CSV (UTF-8, header "
-    "row), Parquet or Excel `.xlsx` (first sheet) · several files at once are one load, in one transaction."
+    f"Up to {limit} MB per file (`server.maxUploadSize` in `.streamlit/config.toml`) · accepted: CSV "
+    "(UTF-8, header row), Parquet, Excel `.xlsx` (first sheet), and FHIR R4 `.json` (a Bundle) or "
+    "`.ndjson` (bulk export) · a spreadsheet with its own headers, or a REDCap export, is read through a "
+    "column mapping you build below · several files at once are one load, in one transaction."
 )
+with st.expander("Templates for the three native files"):
+    st.caption(
+        "The header row and two synthetic example rows each: fill them in, or see what a mapping produces."
+    )
+    mapping_ui.template_downloads()
+
+options: dict[str, object] = {}
+if st.session_state.pop(data.OPTIONS_RESET, False):  # after a commit: set before the boxes are drawn
+    st.session_state["import_new_patients"] = False
+    st.session_state["import_fhir_pseudonymous"] = False
+if st.checkbox(
+    "Create new patients",
+    value=False,
+    key="import_new_patients",
+    help="Off (the default): a session or score for a patient ID that is neither in the database nor in a "
+    "patients file (or FHIR Patient) of this load is an error naming the row, so a typo such as K0O173 "
+    "cannot create a patient. On: such patients are created, with unknown attributes.",
+):
+    options["new_patients"] = True
+fhir_present = bool(files) and any(mapping_ui.is_fhir(f.name) for f in files)
+if fhir_present and st.checkbox(
+    "These FHIR ids are already pseudonymous",
+    value=False,
+    key="import_fhir_pseudonymous",
+    help="Off (the default): each FHIR Patient id is replaced by a keyed hash before it is stored. On: "
+    "the ids are kept as they are, for an export whose ids are already pseudonyms.",
+):
+    options[mapping_ui.FHIR_PSEUDONYMOUS_OPTION] = True
+
+mappings: dict[str, object] = {}
+for f in files or []:
+    if not mapping_ui.is_spreadsheet(f.name):
+        continue
+    head = mapping_ui.read_head(f)
+    if head is None:
+        continue  # not readable as a table: the validation report says why
+    native = mapping_ui.is_native(head.headers)
+    fk = mapping_ui.file_key(f)
+    label = kapui.md_escape(f.name)
+    if native and not st.toggle(
+        f"Map columns of {label}",
+        key=f"map_{fk}_on",
+        help="This file's headers already make a native file; map its columns anyway (e.g. other values).",
+    ):
+        continue
+    with st.container(border=True):
+        st.subheader(f"Mapping: {label}")
+        if not native:
+            st.caption(
+                "This file is not one of the three native files: tell the product which of its columns "
+                "holds what. The preview shows the rows as they will be checked."
+            )
+        chosen = mapping_ui.mapping_step(f, head, path)
+    if chosen is not None:
+        mappings[f.file_id] = chosen
 
 if files:
-    v = data.validate_uploads(files, path)
+    v = data.validate_uploads(files, path, mappings=mappings, options=options)
     if v.failure:
         st.error(f"The files could not be checked: {v.failure}")  # db.explain: our words only
         st.stop()
@@ -67,11 +126,15 @@ if files:
     report = data.report_frame(v.result)
     st.subheader("Validation report")
     if v.errors and v.result is not None:
-        rows_with_errors = v.result.error_rows or len({(p.file, p.row) for p in v.errors})
         st.error(
-            f"{v.result.error_count:,} problem(s) in {rows_with_errors:,} row(s). As they are, these files "
-            "would be rejected and the database left unchanged."
+            f"{data.problems_headline(v)}. As they are, these files would be rejected and the database left "
+            "unchanged."
         )
+        if data.unknown_patients(v) and not options.get("new_patients"):
+            st.info(
+                "Some rows name a patient ID that is neither in the database nor in a patients file of this "
+                "load. Check them for typos; if they are new patients, tick **Create new patients** above."
+            )
         if v.result.unlisted_errors:
             st.caption(
                 f"The report lists the first {len(v.errors):,} errors; "
@@ -132,6 +195,7 @@ else:
     choices = data.undo_choices(history)
     if choices:
         with st.expander("Undo a batch"):
+            data.select_undo_choice(choices)  # the box and the confirmation always name the same batch
             batch = st.selectbox("Batch", list(choices), format_func=choices.get, key=data.UNDO_CHOICE)
             sure = st.checkbox(
                 f"Yes, remove {choices[batch]} from the database", key=f"undo_confirm_{batch}", value=False

@@ -53,8 +53,13 @@ def load(
     on_error: ingest.OnError = "reject",
     rejects: Path | None = None,
     today: dt.date = TODAY,
+    new_patients: bool = True,
 ) -> ingest.LoadResult:
-    return ingest.load_files(list(files), db_file, on_error=on_error, rejects=rejects, today=today)
+    """Load with new patients allowed (most tests load a scores file alone); the default rule, a score for
+    an unknown patient is an error, is tested with ``new_patients=False`` (tests/test_ingest.py)."""
+    return ingest.load_files(
+        list(files), db_file, on_error=on_error, rejects=rejects, today=today, new_patients=new_patients
+    )
 
 
 def snapshot(db_file: Path) -> dict[str, Any]:

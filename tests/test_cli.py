@@ -62,7 +62,11 @@ def outcome_files(folder: Path) -> list[Path]:
 
 def test_load_success_prints_one_summary_line_per_file(tmp_path):
     files = outcome_files(tmp_path)
-    proc = run_cli("load", *map(str, files), "--db", "kap.duckdb", cwd=tmp_path)
+    # P2 is in no patients file: without --new-patients that row is an error naming it.
+    refused = run_cli("load", *map(str, files), "--db", "kap.duckdb", cwd=tmp_path)
+    assert refused.returncode == 2
+    assert "patient P2 is not in the database and no patients file in this load names it" in refused.stderr
+    proc = run_cli("load", *map(str, files), "--db", "kap.duckdb", "--new-patients", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [
         "patients.csv: patients, 1 rows read, 1 loaded, 0 already present, 0 rejected (batch 1)",
@@ -73,7 +77,7 @@ def test_load_success_prints_one_summary_line_per_file(tmp_path):
     assert "info: scores.csv, column patient_id: 1 patient(s) are in no patients file" in proc.stderr
     assert "Traceback" not in proc.stderr
     # Loading the same files again is a no-op.
-    again = run_cli("load", *map(str, files), "--db", "kap.duckdb", cwd=tmp_path)
+    again = run_cli("load", *map(str, files), "--db", "kap.duckdb", "--new-patients", cwd=tmp_path)
     assert again.returncode == 0
     assert all("already loaded; nothing to do" in line for line in again.stdout.splitlines())
 
@@ -123,6 +127,7 @@ def test_load_quarantine_writes_rejects_and_exits_0(tmp_path):
         "quarantine",
         "--rejects",
         "bad.csv",
+        "--new-patients",
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
@@ -138,7 +143,7 @@ def test_load_quarantine_writes_rejects_and_exits_0(tmp_path):
 def test_db_defaults_to_kap_db_then_data_folder(tmp_path):
     files = outcome_files(tmp_path)
     env_db = tmp_path / "env" / "from_env.duckdb"
-    proc = run_cli("load", *map(str, files), cwd=tmp_path, env_db=str(env_db))
+    proc = run_cli("load", *map(str, files), "--new-patients", cwd=tmp_path, env_db=str(env_db))
     assert proc.returncode == 0, proc.stderr
     assert env_db.exists() and not (tmp_path / "data").exists()
     proc = run_cli("load", str(files[0]), cwd=tmp_path)

@@ -15,7 +15,7 @@ from tests.conftest import SCORES_HEADER, csv_lines, hold, load, snapshot, write
 
 def test_session_creates_the_schema_seeds_registry_and_settings(db_file):
     with db.session(db_file) as con:
-        assert db.schema_version(con) == db.SCHEMA_VERSION == 3
+        assert db.schema_version(con) == db.SCHEMA_VERSION == 4
         assert db.schema_current(con)
         tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
         assert {"meta", "batches", "patients", "sessions", "scores", "instruments", "settings"} <= tables
@@ -174,6 +174,7 @@ def test_a_version_1_database_is_migrated_keeping_its_data(base_db):
     con.execute("DROP TABLE acknowledgements")
     con.execute("DROP TABLE discharges")
     con.execute("DROP TABLE users")
+    con.execute("DROP TABLE mappings")
     for view in ("outcomes_live", "score_points", "scores_phased"):
         con.execute(f"DROP VIEW IF EXISTS {view}")
     con.execute("ALTER TABLE scores DROP COLUMN prorated")
@@ -182,7 +183,9 @@ def test_a_version_1_database_is_migrated_keeping_its_data(base_db):
     con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     con.close()
     with db.session(base_db) as con:
-        assert db.schema_version(con) == 3
+        assert db.schema_version(con) == 4
+        assert con.execute("SELECT count(*) FROM mappings").fetchone() == (0,)
+        assert con.execute("SELECT count(*) FROM users").fetchone() == (0,)
         assert con.execute("SELECT count(*) FROM scores").fetchone() == before
         assert con.execute("SELECT count(*) FROM scores WHERE prorated").fetchone() == (0,)
         assert con.execute("SELECT count(*) FROM acknowledgements").fetchone() == (0,)

@@ -747,8 +747,10 @@ def test_unreadable_and_missing_files_are_rejected(tmp_path, base_db):
     assert (problem.file, problem.reason) == ("empty.csv", "the file is empty")
     problem = only_error(rejected(base_db, tmp_path / "nope.csv"))
     assert (problem.file, problem.reason) == ("nope.csv", "file not found")
-    other = write_text(tmp_path / "scores.json", "{}")
+    other = write_text(tmp_path / "scores.doc", "{}")
     assert "unsupported file type" in only_error(rejected(base_db, other)).reason
+    not_fhir = write_text(tmp_path / "scores.json", "{}")  # .json is read as FHIR R4
+    assert "not a FHIR resource" in only_error(rejected(base_db, not_fhir)).reason
     broken = write_text(tmp_path / "broken.xlsx", "not a workbook")
     assert only_error(rejected(base_db, broken)).reason.startswith("cannot be read as xlsx")
 
@@ -756,7 +758,7 @@ def test_unreadable_and_missing_files_are_rejected(tmp_path, base_db):
 def test_dry_run_reports_and_changes_nothing(tmp_path, base_db):
     sc = scores_file(tmp_path, [("P1", "PHQ-9", "2025-01-05", 10), ("P1", "PHQ-9", "2025-02-05", 30)])
     before = snapshot(base_db)
-    res = ingest.load_files([sc], base_db, dry_run=True, today=TODAY)
+    res = ingest.load_files([sc], base_db, dry_run=True, today=TODAY, new_patients=True)
     assert len(res.errors) == 1 and not res.committed
     assert snapshot(base_db) == before
 
@@ -988,12 +990,12 @@ def test_one_connection_can_load_and_undo_several_times(tmp_path, db_file):
     b = scores_file(tmp_path, [("P1", "PHQ-9", "2025-01-06", 9)], name="b.csv")
     c = scores_file(tmp_path, [("P1", "PHQ-9", "2025-01-07", 30)], name="c.csv")
     with db.session(db_file) as con:
-        assert ingest.load_with_connection(con, [a], today=TODAY).committed
+        assert ingest.load_with_connection(con, [a], today=TODAY, new_patients=True).committed
         with pytest.raises(ingest.ImportRejected):
-            ingest.load_with_connection(con, [c], today=TODAY)
-        assert ingest.load_with_connection(con, [b], today=TODAY).committed
+            ingest.load_with_connection(con, [c], today=TODAY, new_patients=True)
+        assert ingest.load_with_connection(con, [b], today=TODAY, new_patients=True).committed
         ingest.undo_with_connection(con, 1)
-        assert ingest.load_with_connection(con, [a], today=TODAY).committed
+        assert ingest.load_with_connection(con, [a], today=TODAY, new_patients=True).committed
         assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE temporary").fetchone() == (0,)
         assert con.execute("SELECT CAST(assessed_on AS VARCHAR) FROM scores ORDER BY 1").fetchall() == [
             ("2025-01-05",),
@@ -1040,7 +1042,7 @@ def test_rows_after_blank_lines_keep_their_spreadsheet_numbers(tmp_path, base_db
     assert [(p.row, p.column, p.value) for p in result.errors] == [(4, "total", "50"), (7, "total", "99")]
     assert snapshot(base_db) == before
     out = tmp_path / "rejects.csv"
-    ingest.load_files([f], base_db, on_error="quarantine", rejects=out, today=TODAY)
+    ingest.load_files([f], base_db, on_error="quarantine", rejects=out, today=TODAY, new_patients=True)
     rejects = pd.read_csv(out)
     assert rejects["_row"].tolist() == [4, 7]
     assert "_kap_row" not in rejects.columns
@@ -1066,3 +1068,162 @@ def test_fingerprint_finds_a_blank_line_across_read_chunks(tmp_path):
     plain = tmp_path / "b.csv"
     plain.write_bytes(b"a,b\r\n1,2\r\n")
     assert ingest.fingerprint(plain)[1] is False
+
+
+# ----------------------------------------------------------------------------------- new patients
+
+
+def test_a_score_for_a_patient_in_no_patients_file_is_an_error_naming_the_row(tmp_path, base_db):
+    # K0O173 is a typo (letter O) of nothing in the database: by default it is refused, not created.
+    sc = scores_file(tmp_path, [("B1", "PHQ-9", "2025-05-01", 7), ("K0O173", "PHQ-9", "2025-05-01", 12)])
+    before = snapshot(base_db)
+    with pytest.raises(ingest.ImportRejected) as info:
+        ingest.load_files([sc], base_db, today=TODAY)
+    assert snapshot(base_db) == before
+    problem = only_error(info.value.result)
+    assert (problem.file, problem.row, problem.column, problem.value) == (
+        "scores.csv",
+        3,
+        "patient_id",
+        "K0O173",
+    )
+    assert problem.reason == (
+        "patient K0O173 is not in the database and no patients file in this load names it; check the ID, "
+        "load a patients file, or allow new patients"
+    )
+    # A session too.
+    se = write_text(
+        tmp_path / "sessions.csv", csv_lines(SESSIONS_HEADER, sessions_rows("K9", ["2025-05-02"]))
+    )
+    with pytest.raises(ingest.ImportRejected) as info:
+        ingest.load_files([se], base_db, today=TODAY)
+    assert [(p.row, p.value) for p in info.value.result.errors] == [(2, "K9")]
+
+
+def test_new_patients_are_allowed_when_asked_and_reported(tmp_path, base_db):
+    sc = scores_file(tmp_path, [("K0O173", "PHQ-9", "2025-05-01", 12)])
+    result = ingest.load_files([sc], base_db, today=TODAY, new_patients=True)
+    assert result.committed and result.files[0].new_patients == 1
+    assert [p.reason for p in result.problems if p.severity == "info"] == [
+        "1 patient(s) are in no patients file; created with unknown attributes: K0O173"
+    ]
+    assert query(base_db, "SELECT attributes_known FROM patients WHERE patient_id = 'K0O173'") == [(False,)]
+
+
+def test_a_patients_file_in_the_same_load_names_the_patient(tmp_path, base_db):
+    pa_ = write_text(
+        tmp_path / "p.csv",
+        csv_lines(PATIENTS_HEADER, [("N1", "North", "Dr A", "25-34", "male", "GAD", "IM")]),
+    )
+    sc = scores_file(tmp_path, [("N1", "GAD-7", "2025-05-01", 12)])
+    # The scores file first: files are loaded patients first whatever their order.
+    result = ingest.load_files([sc, pa_], base_db, today=TODAY)
+    assert result.committed and [f.new_patients for f in result.files] == [0, 0]
+    # In quarantine, a patients row rejected for another reason still names the patient: the score loads
+    # and the patient is created with unknown attributes (filled in when the corrected row is loaded).
+    bad = write_text(
+        tmp_path / "p2.csv",
+        csv_lines(PATIENTS_HEADER, [("N2", "North", "Dr A", "9-99", "male", "GAD", "IM")]),
+    )
+    sc2 = scores_file(tmp_path, [("N2", "GAD-7", "2025-05-01", 12)], name="s2.csv")
+    result = ingest.load_files(
+        [bad, sc2], base_db, today=TODAY, on_error="quarantine", rejects=tmp_path / "r.csv"
+    )
+    assert [(f.rows_loaded, f.rows_rejected) for f in result.files] == [(0, 1), (1, 0)]
+    assert [(p.file, p.row, p.column) for p in result.errors] == [("p2.csv", 2, "age_band")]
+
+
+def test_the_headline_counts_the_same_rows_as_the_rejected_count(tmp_path, base_db):
+    # Two bad rows of a good file, and a file refused as a whole at a row: "Rejected" and the headline agree.
+    sc = scores_file(tmp_path, [("B1", "PHQ-9", "2025-05-01", 70), ("B1", "PHQ-9", "2025-05-02", 80)])
+    broken = write_text(
+        tmp_path / "broken.csv", "patient_id,instrument,assessed_on,total\nB1,PHQ-9,2025-05-03,4,9\n"
+    )
+    result = rejected(base_db, sc, broken)
+    by_file = {f.file: f for f in result.files}
+    assert by_file["broken.csv"].refused
+    assert result.headline() == "3 problem(s) in 2 row(s) and 1 whole file(s)"
+    assert by_file["scores.csv"].rows_rejected == 2 == result.error_rows
+    assert by_file["broken.csv"].rows_rejected == by_file["broken.csv"].rows_read
+
+
+def test_templates_are_loadable_native_files(tmp_path, db_file):
+    files = []
+    for name, content in ingest.templates().items():
+        files.append(tmp_path / name)
+        files[-1].write_bytes(content)
+        assert content.decode().count("\n") == 3  # header and two example rows
+    result = ingest.load_files(files, db_file, today=dt.date(2026, 6, 1))
+    assert [(f.file, f.rows_loaded) for f in result.files] == [
+        ("patients.csv", 2),
+        ("sessions.csv", 2),
+        ("scores.csv", 2),
+    ]
+
+
+# ------------------------------------------------------------------------------ FHIR in the pipeline
+
+
+def _bundle(path: Path, total: int = 14) -> Path:
+    import json
+
+    obs = {
+        "resourceType": "Observation",
+        "id": "o1",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "44261-6"}]},
+        "subject": {"reference": "Patient/pat-1"},
+        "effectiveDateTime": "2012-05-30T21:34:39+12:00",
+        "valueQuantity": {"value": total},
+    }
+    other = {**obs, "id": "o2", "code": {"coding": [{"system": "http://loinc.org", "code": "55757-9"}]}}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [
+            {"resource": {"resourceType": "Patient", "id": "pat-1"}},
+            {"resource": obs},
+            {"resource": other},
+        ],
+    }
+    path.write_text(json.dumps(bundle))
+    return path
+
+
+def test_a_fhir_bundle_goes_through_the_same_pipeline(tmp_path, db_file):
+    from kapdata.ingest import sources
+
+    f = _bundle(tmp_path / "export.json")
+    result = ingest.load_files([f], db_file, today=TODAY)  # the Patient is in the load: no flag needed
+    assert [(x.file, x.kind, x.rows_loaded) for x in result.files] == [
+        ("export.json", "patients", 1),
+        ("export.json", "scores", 1),
+    ]
+    assert any(p.severity == "info" and "skipped" in p.reason for p in result.problems)
+    with db.reader(db_file) as con:
+        key = sources.read_key(con)
+    assert key is not None
+    from kapdata import fhir
+
+    pid = fhir.pseudonym("pat-1", key)
+    assert query(db_file, "SELECT patient_id, assessed_on, total FROM scores") == [
+        (pid, dt.date(2012, 5, 30), 14)
+    ]
+    assert query(db_file, "SELECT DISTINCT file_name, sha256 FROM batches") == [
+        ("export.json", ingest.fingerprint(f)[0])
+    ]
+    again = ingest.load_files([f], db_file, today=TODAY)
+    assert [x.identical_to_batch for x in again.files] == [1, 2]
+    # Impossible totals are rejected by row (the Bundle entry number).
+    bad = _bundle(tmp_path / "bad.json", total=31)
+    with pytest.raises(ingest.ImportRejected) as info:
+        ingest.load_files([bad], db_file, today=TODAY)
+    assert [(p.file, p.row, p.column) for p in info.value.result.errors] == [("bad.json", 2, "total")]
+
+
+def test_fhir_ids_said_to_be_pseudonymous_are_kept(tmp_path, db_file):
+    f = _bundle(tmp_path / "export.json")
+    ingest.load_files([f], db_file, today=TODAY, fhir_ids_are_pseudonymous=True)
+    assert query(db_file, "SELECT patient_id FROM patients") == [("pat-1",)]
+    with db.reader(db_file) as con:
+        assert con.execute("SELECT count(*) FROM meta WHERE key = 'pseudonym_key'").fetchone() == (0,)

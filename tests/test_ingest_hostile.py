@@ -156,7 +156,7 @@ def test_time_zone_aware_parquet_counts_on_its_own_local_date(tmp_path, db_file)
     env = os.environ | {"TZ": "Asia/Tokyo", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     code = (
         "import datetime as dt, sys; from kapdata import ingest; "
-        "ingest.load_files([sys.argv[1]], sys.argv[2], today=dt.date(2026, 1, 15))"
+        "ingest.load_files([sys.argv[1]], sys.argv[2], today=dt.date(2026, 1, 15), new_patients=True)"
     )
     subprocess.run([sys.executable, "-c", code, str(f), str(db_file)], check=True, env=env)
     assert query(db_file, "SELECT assessed_on, assessed_at FROM scores") == [
@@ -273,7 +273,7 @@ def test_a_huge_header_line_is_refused_before_reading(tmp_path, base_db):
 def test_a_large_xlsx_is_refused_by_size_before_reading(tmp_path, base_db, monkeypatch):
     f = tmp_path / "big.xlsx"
     pd.DataFrame({"patient_id": ["P1"], "clinic": ["North"]}).to_excel(f, index=False)
-    monkeypatch.setattr(ingest, "MAX_XLSX_BYTES", 100)
+    monkeypatch.setattr(ingest.readers, "MAX_XLSX_BYTES", 100)
     problem = only_error(rejected(base_db, f))
     assert "save the sheet as CSV" in problem.reason
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from kapdata import ingest
+from kapdata import db, ingest
 from tests.conftest import snapshot
 
 from .conftest import ROOT, counts
@@ -102,8 +102,14 @@ def test_import_page_states_the_upload_limit_and_lists_the_history(app_env: Path
     at = import_page()
     assert not at.exception, at.exception
     assert at.file_uploader[0].accept_multiple_files
-    assert set(at.file_uploader[0].allowed_type) == {".csv", ".parquet", ".xlsx"}
-    assert any("Up to 200 MB per file" in c.value for c in at.caption)
+    assert set(at.file_uploader[0].allowed_type) == {".csv", ".parquet", ".xlsx", ".json", ".ndjson"}
+    # What is accepted is said in visible text under the widget, not only in its tooltip.
+    caption = next(c.value for c in at.caption if "Up to 200 MB per file" in c.value)
+    for said in ("CSV", "Parquet", "`.xlsx`", "FHIR R4 `.json`", "`.ndjson`", "column mapping"):
+        assert said in caption
+    # The FHIR option appears only when a FHIR file is uploaded; new patients are off by default.
+    assert not [c for c in at.checkbox if c.label == "These FHIR ids are already pseudonymous"]
+    assert at.checkbox(key="import_new_patients").value is False
     history = frame_with(at, "sha256")
     assert list(history["batch"]) == [3, 2, 1]
     assert list(history["kind"]) == ["scores", "sessions", "patients"]
@@ -112,7 +118,7 @@ def test_import_page_states_the_upload_limit_and_lists_the_history(app_env: Path
 
 def test_clean_upload_shows_counts_and_kind_and_leaves_the_database_unchanged(own_db: Path) -> None:
     before = snapshot(own_db)
-    at = upload(import_page(), ("new_scores.csv", GOOD_SCORES))
+    at = upload(tick_new_patients(import_page()), ("new_scores.csv", GOOD_SCORES))
     assert metrics(at) == {
         "Rows read": "4",
         "Valid": "4",
@@ -149,12 +155,12 @@ def test_bad_upload_shows_every_problem_and_cannot_be_committed(own_db: Path) ->
     assert metrics(at)["Valid"] == "1"
     assert metrics(at)["Rejected"] == "3"
     assert at.button(key="import_commit").disabled
-    assert at.download_button[0].label == "Download the report (CSV)"
+    assert "Download the report (CSV)" in [b.label for b in at.download_button]
     assert snapshot(own_db) == before
 
 
 def test_commit_loads_the_rows_and_every_page_shows_them_at_once(own_db: Path) -> None:
-    at = upload(import_page(), ("new_scores.csv", GOOD_SCORES))
+    at = upload(tick_new_patients(import_page()), ("new_scores.csv", GOOD_SCORES))
     overview_before = counts(own_db)
     at.button(key="import_commit").click().run()
     assert not at.exception, at.exception
@@ -219,7 +225,7 @@ def test_reimporting_a_loaded_file_has_nothing_to_load(own_db: Path) -> None:
 
 def test_failure_during_commit_leaves_the_database_as_it_was(own_db: Path, monkeypatch) -> None:
     before = snapshot(own_db)
-    at = upload(import_page(), ("new_scores.csv", GOOD_SCORES))
+    at = upload(tick_new_patients(import_page()), ("new_scores.csv", GOOD_SCORES))
 
     def broken(con) -> None:
         raise RuntimeError("power cut")
@@ -256,7 +262,7 @@ def test_xlsx_and_parquet_uploads_are_recognised_and_previewed(own_db: Path) -> 
     parquet, xlsx = io.BytesIO(), io.BytesIO()
     frame.to_parquet(parquet, index=False)
     frame.rename(columns={"patient_id": "Patient ID"}).to_excel(xlsx, index=False)
-    at = import_page()
+    at = tick_new_patients(import_page())
     at.file_uploader[0].set_value(
         [
             ("more.xlsx", xlsx.getvalue(), XLSX_MIME),
@@ -325,8 +331,143 @@ def test_unreadable_upload_is_explained_in_words_without_engine_text_or_temp_pat
 
 def test_commit_after_validation_stages_the_uploads_again_and_deletes_them(own_db: Path) -> None:
     folders = _import_folders()
-    at = upload(import_page(), ("new_scores.csv", GOOD_SCORES))
+    at = upload(tick_new_patients(import_page()), ("new_scores.csv", GOOD_SCORES))
     at.button(key="import_commit").click().run()
     assert not at.exception, at.exception
     assert [s.value for s in at.success] == ["Loaded 3 rows as batch 4."]
     assert _import_folders() == folders
+
+
+# ------------------------------------------------------------------------------ issue 13: data-manager safety
+
+
+def tick_new_patients(at: AppTest) -> AppTest:
+    at.checkbox(key="import_new_patients").check().run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_a_score_for_an_unknown_patient_is_an_error_unless_new_patients_are_asked_for(own_db: Path) -> None:
+    before = snapshot(own_db)
+    at = upload(import_page(), ("new_scores.csv", GOOD_SCORES))  # row 4 is P3: in no file, not in the db
+    report = frame_with(at, "reason")
+    errors = report[report["severity"] == "error"]
+    assert errors[["file", "row", "column", "value"]].values.tolist() == [
+        ["new_scores.csv", "4", "patient_id", "P3"]
+    ]
+    assert at.error[0].value.startswith("1 problem(s) in 1 row(s).")
+    assert metrics(at)["Rejected"] == "1"
+    assert metrics(at)["New patients"] == "0"
+    assert any("tick **Create new patients**" in i.value for i in at.info)
+    assert at.button(key="import_commit").disabled
+    # Ticked: the same file is clean and P3 is created, with unknown attributes.
+    tick_new_patients(at)
+    assert metrics(at)["Rejected"] == "0"
+    assert metrics(at)["New patients"] == "1"
+    assert not at.button(key="import_commit").disabled
+    assert snapshot(own_db) == before
+    at.button(key="import_commit").click().run()
+    assert at.success[0].value == "Loaded 3 rows as batch 4."
+    assert counts(own_db)["patients"] == 3
+    # The next load starts from the safe default again.
+    box = at.checkbox(key="import_new_patients")
+    assert box.value is False and box.proto.set_value
+
+
+def test_a_patients_file_in_the_same_load_makes_its_patients_known(own_db: Path) -> None:
+    at = upload(
+        import_page(), ("p3.csv", PATIENTS + "P3,South,PRV-3,45-54,female,GAD,IV\n"), ("s.csv", GOOD_SCORES)
+    )
+    assert not [e for e in at.error]
+    assert metrics(at)["New patients"] == "1"  # P3, from its patients file
+    assert not at.button(key="import_commit").disabled
+
+
+def test_the_problem_headline_counts_the_rows_the_rejected_count_adds_up(own_db: Path) -> None:
+    # A scores file without assessed_on is refused as a whole after its 3 rows were read: never "1 row".
+    refused = "patient_id,instrument,total\nP1,PHQ-9,5\nP1,PHQ-9,6\nP2,PHQ-9,7\n"
+    at = upload(import_page(), ("no_dates.csv", refused))
+    assert metrics(at)["Rejected"] == "3"
+    assert at.error[0].value.startswith("1 problem(s) in 1 file refused as a whole (3 rows).")
+    # With a file of row errors beside it: 3 rows of errors + 3 rows refused = Rejected 6.
+    at = upload(import_page(), ("no_dates.csv", refused), ("bad_scores.csv", BAD_SCORES))
+    assert metrics(at)["Rejected"] == "6"
+    assert at.error[0].value.startswith("4 problem(s) in 3 row(s) and 1 file refused as a whole (3 rows).")
+    # A file refused on its header alone: its rows were never read, and the headline says so.
+    at = upload(import_page(), ("ids.csv", "patient_id,first_name\nP9,Alex\n"))
+    assert metrics(at)["Rejected"] == "0"
+    assert at.error[0].value.startswith("1 problem(s) in 1 file refused as a whole (its rows were not read).")
+
+
+def _confirmation(at: AppTest) -> str:
+    boxes = [c.label for c in at.checkbox if c.label.startswith("Yes, remove ")]
+    assert len(boxes) == 1
+    return boxes[0]
+
+
+def test_after_an_undo_the_batch_box_and_the_confirmation_name_the_same_batch(own_db: Path) -> None:
+    at = import_page()
+    at.selectbox(key="undo_batch").set_value(3).run()
+    at.checkbox(key="undo_confirm_3").check().run()
+    at.button(key="undo_go").click().run()
+    assert not at.exception, at.exception
+    box = at.selectbox(key="undo_batch")
+    # A browser keeps showing the box's last choice (batch 3) unless the server sends the new one: the server
+    # must send it, and it must be the batch the confirmation names.
+    assert box.proto.set_value
+    assert box.proto.raw_value == box.options[0]
+    assert box.options[0].startswith("batch 2 · sessions.csv")
+    assert box.value == 2
+    assert _confirmation(at) == f"Yes, remove {box.options[0]} from the database"
+    assert at.checkbox(key="undo_confirm_2").value is False  # a new confirmation, not ticked
+
+
+def test_after_a_commit_the_batch_box_names_the_new_batch_like_its_confirmation(own_db: Path) -> None:
+    at = import_page()
+    at.selectbox(key="undo_batch").set_value(1).run()
+    at = upload(at, ("new_scores.csv", GOOD_SCORES.replace("P3,", "P2,")))
+    at.button(key="import_commit").click().run()
+    assert not at.exception, at.exception
+    box = at.selectbox(key="undo_batch")
+    assert box.value == 4
+    assert box.proto.set_value and box.proto.raw_value == box.options[0]
+    assert _confirmation(at) == f"Yes, remove {box.options[0]} from the database"
+
+
+def test_templates_for_the_three_native_files_download_from_the_page(app_env: Path) -> None:
+    at = import_page()
+    labels = [b.label for b in at.download_button]
+    assert labels[:3] == ["Template: patients.csv", "Template: sessions.csv", "Template: scores.csv"]
+    assert set(ingest.templates()) == {"patients.csv", "sessions.csv", "scores.csv"}
+
+
+FHIR_BUNDLE = """{"resourceType": "Bundle", "type": "collection", "entry": [{"resource": {
+  "resourceType": "Observation", "id": "o1", "status": "final",
+  "code": {"coding": [{"system": "http://loinc.org", "code": "44261-6"}]},
+  "subject": {"reference": "Patient/P1"}, "effectiveDateTime": "2025-05-30T21:34:39+12:00",
+  "valueQuantity": {"value": 7}}}]}"""
+
+
+def test_a_fhir_bundle_is_accepted_with_the_pseudonymous_ids_option(own_db: Path) -> None:
+    at = import_page()
+    at.file_uploader[0].set_value([("ehr_bundle.json", FHIR_BUNDLE.encode(), "application/json")])
+    at.run()
+    assert not at.exception, at.exception
+    box = next(c for c in at.checkbox if c.label == "These FHIR ids are already pseudonymous")
+    assert box.value is False
+    box.check().run()
+    # P1 is taken as it is (already in the database): one PHQ-9 of 30 May (its own local date).
+    per_file = frame_with(at, "taken as")
+    assert per_file[["file", "taken as", "rows read", "valid", "rejected"]].values.tolist() == [
+        ["ehr_bundle.json", "scores", 1, 1, 0]
+    ]
+    assert metrics(at)["New patients"] == "0"
+    at.button(key="import_commit").click().run()
+    assert not at.exception, at.exception
+    assert at.success[0].value == "Loaded 1 rows as batch 4."
+    with db.reader(own_db) as con:
+        row = con.execute(
+            "SELECT patient_id, instrument, strftime(assessed_on, '%Y-%m-%d'), total FROM scores "
+            "WHERE batch_id = 4"
+        ).fetchall()
+    assert row == [("P1", "PHQ-9", "2025-05-30", 7)]

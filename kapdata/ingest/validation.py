@@ -1,0 +1,541 @@
+"""Validation: set-based SQL over the staged rows, every problem naming the file, row, column and value."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from kapdata import instruments as reg
+from kapdata.ingest.checks import (
+    Check,
+    _alias_case,
+    _common_checks,
+    _date_checks,
+    _fold_id,
+    _identifier_value_checks,
+    _in_list,
+    _lit,
+    _num,
+    _parse_date_sql,
+    _range_check,
+    _route_check,
+    _whole,
+)
+from kapdata.ingest.contract import (
+    AGE_BANDS,
+    COLUMNS,
+    CONDITIONS,
+    MAX_PROBLEMS_LISTED,
+    PHASE_ALIASES,
+    PRORATE_MAX_MISSING,
+    PRORATED_SCALES,
+    ROUTE_ALIASES,
+    SEX_ALIASES,
+    SEXES,
+    SIDE_EFFECTS,
+)
+from kapdata.ingest.staging import Stager, _Staged
+
+
+class Validator(Stager):
+    def _run_checks(self, st: _Staged, checks: list[Check]) -> None:
+        if st.has_kap_error:
+            # A row its converter refused is reported for that reason alone (its other cells may be empty).
+            checks = [
+                Check(c.column, f"kap_error IS NULL AND ({c.bad})", c.reason, c.value) for c in checks
+            ] + [Check("", "kap_error IS NOT NULL", "kap_error", value="NULL")]
+        if not checks:
+            return
+        selects = [
+            f"SELECT row_no, {_lit(c.column) if c.column else 'NULL'} AS col, "
+            f"CAST({c.value or c.column} AS VARCHAR) AS value, "
+            f"{c.reason} AS reason FROM {st.table} WHERE coalesce({c.bad}, false)"
+            for c in checks
+        ]
+        sql = " UNION ALL ".join(selects)
+        params = {"today": self.today} if "$today" in sql else None
+        # One scan answers "is anything wrong?"; the per-rule report runs only when something is.
+        probe = (
+            "SELECT count(*) FROM "
+            + st.table
+            + " WHERE "
+            + " OR ".join(f"coalesce({c.bad}, false)" for c in checks)
+        )
+        found = self.con.execute(probe, params).fetchone()
+        if not found or found[0] == 0:
+            return
+        self._record(st, sql, params)
+
+    def _record(self, st: _Staged, select_sql: str, params: object = None) -> None:
+        """Store the rows of ``select_sql`` (row_no, column, value, reason) as errors of this file: one
+        set-based INSERT, however many rows are bad (only the first ones reach the report)."""
+        inserted = self.con.execute(
+            f"INSERT INTO row_errors SELECT {int(st.index)}, * FROM ({select_sql})", params
+        ).fetchone()
+        if inserted and inserted[0]:
+            st.unmarked = True
+
+    def _mark_bad(self, st: _Staged) -> None:
+        if not st.unmarked:
+            return
+        st.unmarked = False
+        tables = [st.table, st.table + "_clean"] if st.clean_ready else [st.table]
+        for table in tables:
+            self.con.execute(
+                "UPDATE " + table + " SET ok = false WHERE ok AND row_no IN "
+                "(SELECT row_no FROM row_errors WHERE file_no = ?)",
+                [st.index],
+            )
+        row = self.con.execute(
+            "SELECT count(DISTINCT row_no) FROM row_errors WHERE file_no = ?", [st.index]
+        ).fetchone()
+        st.n_bad = int(row[0]) if row else 0
+
+    def _lookalike_ids(self, st: _Staged) -> None:
+        """IDs that differ only by letter case or look-alike characters (``k00001`` beside ``K00001``,
+        ``KO0001``) are one patient typed two ways, or two patients easily mixed up: refused, within the
+        file and against the database."""
+        fold = _fold_id("patient_id")
+        probe = self.con.execute(
+            f"SELECT count(*) FROM (SELECT {fold} AS k FROM {st.table} WHERE ok GROUP BY k "
+            "HAVING count(DISTINCT patient_id) > 1)"
+        ).fetchone()
+        hint = "only by letter case or look-alike characters (O/0, I/L/1): use one spelling for one patient"
+        if probe and probe[0]:
+            self._record(
+                st,
+                f"""WITH f AS (SELECT row_no, patient_id, {fold} AS k FROM {st.table} WHERE ok),
+                g AS (SELECT k, arg_min(patient_id, row_no) AS first_id, min(row_no) AS first_row
+                      FROM f GROUP BY k HAVING count(DISTINCT patient_id) > 1)
+                SELECT f.row_no, 'patient_id', f.patient_id,
+                       'patient_id differs from ' || g.first_id || ' (row ' || g.first_row || ') '
+                       || {_lit(hint)}
+                FROM f JOIN g USING (k) WHERE f.patient_id <> g.first_id""",
+            )
+            self._mark_bad(st)
+        self._record(
+            st,
+            f"""WITH f AS (SELECT DISTINCT patient_id, {fold} AS k FROM {st.table}
+                       WHERE ok AND patient_id NOT IN (SELECT patient_id FROM patients)),
+            d AS (SELECT {_fold_id("patient_id")} AS k, min(patient_id) AS db_id FROM patients GROUP BY k)
+            SELECT t.row_no, 'patient_id', t.patient_id,
+                   'patient_id differs from ' || d.db_id || ', already in the database, ' || {_lit(hint)}
+            FROM {st.table} t JOIN f USING (patient_id) JOIN d USING (k) WHERE t.ok""",
+        )
+        self._mark_bad(st)
+
+    def _unknown_patients(self, st: _Staged) -> None:
+        """A score or session for a patient neither in the database nor named by a patients file (or FHIR
+        Patient resources) of this load is an error, unless new patients are allowed: a mistyped ID
+        (``K0O173``) must not quietly become a new patient."""
+        if self.new_patients:
+            return
+        reason = (
+            "'patient ' || patient_id || ' is not in the database and no patients file in this load names "
+            "it; check the ID, load a patients file, or allow new patients'"
+        )
+        self._record(
+            st,
+            f"""SELECT row_no, 'patient_id', patient_id, {reason} FROM {st.table}
+            WHERE ok AND patient_id NOT IN (SELECT patient_id FROM patients)
+              AND patient_id NOT IN (SELECT patient_id FROM load_patients)""",
+        )
+        self._mark_bad(st)
+
+    def has_row_errors(self) -> bool:
+        row = self.con.execute("SELECT EXISTS (SELECT 1 FROM row_errors)").fetchone()
+        return bool(row and row[0])
+
+    def collect_row_errors(self, staged: Sequence[_Staged]) -> None:
+        """The first ``MAX_PROBLEMS_LISTED`` row errors become Problems; the rest are counted."""
+        names = {st.index: st.src for st in staged}
+        rows = self.con.execute(
+            "SELECT file_no, row_no, col, value, reason FROM row_errors "
+            "ORDER BY file_no, row_no, col, reason LIMIT ?",
+            [MAX_PROBLEMS_LISTED],
+        ).fetchall()
+        for file_no, row_no, col, value, reason in rows:
+            self._problem(names[int(file_no)], reason, row=int(row_no), column=col, value=value)
+        totals = self.con.execute(
+            "SELECT count(*), count(DISTINCT (file_no, row_no)) FROM row_errors"
+        ).fetchone()
+        total, bad_rows = (int(totals[0]), int(totals[1])) if totals else (0, 0)
+        self.result.unlisted_errors = max(total - len(rows), 0)
+        self.result.error_rows = bad_rows
+
+    # -- per kind
+    def _parse_patients(self, st: _Staged) -> None:
+        cols = COLUMNS["patients"]
+        self.con.execute(
+            f"""CREATE TEMP TABLE {st.table} AS
+            SELECT *, true AS ok,
+                   replace(replace(replace(age_band, ' ', ''), '–', '-'), '—', '-') AS age_band__v,
+                   {_alias_case("sex", SEX_ALIASES)} AS sex__v,
+                   CASE WHEN upper(primary_condition) IN ('PTSD', 'MDD', 'GAD') THEN upper(primary_condition)
+                        WHEN lower(primary_condition) = 'other' THEN 'other' END AS condition__v,
+                   {_alias_case("route", ROUTE_ALIASES)} AS route__v
+            FROM (SELECT {self._select_text(st, cols)} FROM {st.raw})"""
+        )
+        checks = (
+            _common_checks()
+            + [
+                Check(
+                    "age_band",
+                    f"age_band IS NOT NULL AND age_band__v NOT IN {_in_list(AGE_BANDS)}",
+                    _lit("unknown age band; expected one of " + ", ".join(AGE_BANDS)),
+                ),
+                Check(
+                    "sex",
+                    "sex IS NOT NULL AND sex__v IS NULL",
+                    _lit("unknown sex; expected one of " + ", ".join(SEXES)),
+                ),
+                Check(
+                    "primary_condition",
+                    "primary_condition IS NOT NULL AND condition__v IS NULL",
+                    _lit("unknown condition; expected one of " + ", ".join(CONDITIONS)),
+                ),
+                _route_check(),
+            ]
+            + _identifier_value_checks()
+        )
+        self._run_checks(st, checks)
+        self._mark_bad(st)
+        self._lookalike_ids(st)
+        self.con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE {st.table}_clean AS
+            SELECT row_no, ok, patient_id, clinic, provider, age_band__v AS age_band, sex__v AS sex,
+                   condition__v AS primary_condition, route__v AS route
+            FROM {st.table}"""
+        )
+        st.clean_ready = True
+        value_cols = ["clinic", "provider", "age_band", "sex", "primary_condition", "route"]
+        self._key_conflicts(st, ["patient_id"], value_cols, "patient_id", "patient", None)
+        # Against the database: a patient with known attributes that differ is a conflict; a patient
+        # created earlier with unknown attributes (from a scores/sessions file) gets them filled in.
+        diffs = ", ".join(
+            f"CASE WHEN c.{v} IS DISTINCT FROM p.{v} THEN '{v} ' || coalesce(p.{v}, '(empty)') END"
+            for v in value_cols
+        )
+        differs = " OR ".join(f"c.{v} IS DISTINCT FROM p.{v}" for v in value_cols)
+        rows = f"""SELECT c.row_no, 'patient_id', c.patient_id,
+                   'patient already in the database (batch ' || p.batch_id || ') with other attributes ('
+                   || concat_ws(', ', {diffs}) || '); undo that batch first to replace it'
+            FROM {st.table}_clean c JOIN patients p USING (patient_id)
+            WHERE c.ok AND p.attributes_known AND ({differs})"""
+        self._record(st, rows)
+        self._mark_bad(st)
+        # Patients this load names: its scores and sessions may refer to them (README, "New patients").
+        self.con.execute(
+            f"INSERT INTO load_patients SELECT DISTINCT patient_id FROM {st.table} "
+            "WHERE patient_id IS NOT NULL"
+        )
+
+    def _parse_sessions(self, st: _Staged) -> None:
+        cols = COLUMNS["sessions"]
+        self.con.execute(
+            f"""CREATE TEMP TABLE {st.table} AS
+            SELECT *, true AS ok,
+                   CAST({_parse_date_sql("session_date")} AS DATE) AS session_date__d,
+                   {_alias_case("route", ROUTE_ALIASES)} AS route__v,
+                   list_filter(string_split(lower(coalesce(side_effects, '')), ';'), lambda x: trim(x) <> '')
+                       AS side_effects__l
+            FROM (SELECT {self._select_text(st, cols)} FROM {st.raw})"""
+        )
+        checks = _common_checks() + _date_checks("session_date") + [_route_check()]
+        checks += _range_check("dose_mg", 0, 2000, "dose_mg", whole=False)
+        checks += _range_check("dose_mg_per_kg", 0, 10, "dose_mg_per_kg", whole=False)
+        for col in ("bp_sys_pre", "bp_sys_post"):
+            checks += _range_check(col, 50, 300, "systolic blood pressure (mmHg)")
+        for col in ("bp_dia_pre", "bp_dia_post"):
+            checks += _range_check(col, 20, 200, "diastolic blood pressure (mmHg)")
+        checks += _range_check("dissociation", 0, 24, "dissociation (CADSS-6 total)")
+        checks.append(
+            Check(
+                "side_effects",
+                f"len(list_filter(side_effects__l, lambda x: trim(x) NOT IN {_in_list(SIDE_EFFECTS)})) > 0",
+                _lit("unknown side effect; use ';' between any of " + ", ".join(SIDE_EFFECTS)),
+            )
+        )
+        self._run_checks(st, checks)
+        self._mark_bad(st)
+        self._lookalike_ids(st)
+        self._unknown_patients(st)
+        self.con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE {st.table}_clean AS
+            SELECT row_no, ok, patient_id, session_date__d AS session_date, route__v AS route,
+                   {_num("dose_mg")} AS dose_mg,
+                   {_num("dose_mg_per_kg")} AS dose_mg_per_kg,
+                   try_cast({_whole("bp_sys_pre")} AS SMALLINT) AS bp_sys_pre,
+                   try_cast({_whole("bp_dia_pre")} AS SMALLINT) AS bp_dia_pre,
+                   try_cast({_whole("bp_sys_post")} AS SMALLINT) AS bp_sys_post,
+                   try_cast({_whole("bp_dia_post")} AS SMALLINT) AS bp_dia_post,
+                   try_cast({_whole("dissociation")} AS SMALLINT) AS dissociation,
+                   nullif(array_to_string(list_transform(side_effects__l, lambda x: trim(x)), ';'), '')
+                       AS side_effects
+            FROM {st.table}"""
+        )
+        st.clean_ready = True
+        value_cols = list(COLUMNS["sessions"][2:])  # everything but the key
+        keys = ["patient_id", "session_date"]
+        self._key_conflicts(
+            st, keys, value_cols, "session_date", "session for the same patient and date", None
+        )
+        self._key_conflicts(
+            st, keys, value_cols, "session_date", "session for the same patient and date", "sessions"
+        )
+
+    def _parse_scores(self, st: _Staged) -> None:
+        items = st.item_numbers
+        cols = list(COLUMNS["scores"]) + [f"item_{n}" for n in items]
+        # Instrument spellings: the file has only a handful of distinct ones, so normalise those
+        # in Python (the registry's own rule) and join, instead of a regex on every row.
+        pos = st.columns.get("instrument")
+        spellings: list[str] = []
+        if pos is not None:
+            spellings = [
+                r[0]
+                for r in self.con.execute(
+                    f"SELECT DISTINCT nullif(trim(CAST(#{pos} AS VARCHAR)), '') FROM {st.raw}"
+                ).fetchall()
+                if r[0] is not None
+            ]
+        self.con.execute(
+            "CREATE OR REPLACE TEMP TABLE inst_keys "
+            "(spelling VARCHAR, code VARCHAR, n INTEGER, lo INTEGER, hi INTEGER)"
+        )
+        rows = []
+        for spelling in spellings:
+            inst = reg.lookup(spelling)
+            if inst is not None:
+                rows.append([spelling, inst.code, inst.n_items, inst.item_min, inst.item_max])
+        if rows:
+            self.con.executemany("INSERT INTO inst_keys VALUES (?, ?, ?, ?, ?)", rows)
+        # Each item's text is cast to a number once (inner query), then checked for being whole.
+        item_float = "".join(f", {_num(f'item_{n}')} AS item_{n}__f" for n in items)
+        item_parsed = "".join(
+            f", CASE WHEN item_{n}__f = round(item_{n}__f) THEN item_{n}__f END AS item_{n}__n" for n in items
+        )
+        item_totals = ""
+        if items:
+            given = " + ".join(f"CAST(item_{n} IS NOT NULL AND {n} <= n_items AS INTEGER)" for n in items)
+            item_sum = " + ".join(
+                f"(CASE WHEN {n} <= n_items THEN coalesce(item_{n}__n, 0) ELSE 0 END)" for n in items
+            )
+            item_totals = f", {given} AS items_given, {item_sum} AS item_sum"
+            # prorate_ok: 1 to PRORATE_MAX_MISSING answers missing on a scale with a prorating rule;
+            # prorated_total: round(mean of the answered items x n_items), halves up (exact in DOUBLE:
+            # the operands are small whole numbers, and a half is representable).
+            prorate = (
+                f"SELECT *, coalesce(instrument__v IN {_in_list(PRORATED_SCALES)} "
+                f"AND items_given < n_items AND items_given >= n_items - {PRORATE_MAX_MISSING} "
+                "AND items_given > 0, false) AS prorate_ok, "
+                "CASE WHEN items_given > 0 THEN floor(item_sum * n_items / items_given + 0.5) END "
+                "AS prorated_total FROM ("
+            )
+            prorate_end = ")"
+        else:
+            prorate, prorate_end = "", ""
+        self.con.execute(
+            f"""CREATE TEMP TABLE {st.table} AS {prorate}
+            SELECT *, CAST(assessed_on__ts AS DATE) AS assessed_on__d {item_totals}
+            FROM (
+                SELECT s.*, true AS ok, k.code AS instrument__v, k.n AS n_items, k.lo AS item_lo,
+                       k.hi AS item_hi, k.n * k.lo AS total_lo, k.n * k.hi AS total_hi,
+                       {_parse_date_sql("assessed_on")} AS assessed_on__ts,
+                       {_whole("total")} AS total__n,
+                       {_alias_case("phase", PHASE_ALIASES)} AS phase__v
+                       {item_parsed}
+                FROM (SELECT *{item_float} FROM (SELECT {self._select_text(st, cols)} FROM {st.raw})) s
+                LEFT JOIN inst_keys k ON k.spelling = s.instrument){prorate_end}"""
+        )
+        known = ", ".join(i.code for i in reg.INSTRUMENTS)
+        checks = _common_checks() + [
+            Check("instrument", "instrument IS NULL", _lit("instrument is required")),
+            Check(
+                "instrument",
+                "instrument IS NOT NULL AND instrument__v IS NULL",
+                _lit(f"unknown instrument; expected one of {known}"),
+            ),
+        ]
+        checks += _date_checks("assessed_on")
+        checks += [
+            Check("total", "total IS NOT NULL AND total__n IS NULL", _lit("not a whole number")),
+            Check(
+                "total",
+                "total__n < total_lo OR total__n > total_hi",
+                "'total out of range: ' || instrument__v || ' totals are ' || total_lo || '-' || total_hi",
+            ),
+            Check(
+                "phase",
+                "phase IS NOT NULL AND phase__v IS NULL",
+                _lit("unknown phase; expected preparation, dosing, integration or follow-up"),
+            ),
+        ]
+        for n in items:
+            col = f"item_{n}"
+            checks += [
+                Check(col, f"{col} IS NOT NULL AND {col}__n IS NULL", _lit("not a whole number")),
+                Check(
+                    col,
+                    f"{col}__n IS NOT NULL AND {n} > n_items",
+                    f"instrument__v || ' has ' || n_items || ' items: {col} must be empty'",
+                ),
+                Check(
+                    col,
+                    f"{n} <= n_items AND ({col}__n < item_lo OR {col}__n > item_hi)",
+                    "'item out of range: ' || instrument__v || ' items are ' || item_lo || '-' || item_hi",
+                ),
+            ]
+        if items:
+            present = set(items)
+            answer = {n: f"item_{n}" if n in present else "NULL" for n in range(1, reg.MAX_ITEMS + 1)}
+            missing_list = (
+                "concat_ws(', ', "
+                + ", ".join(
+                    f"CASE WHEN {n} <= n_items AND {answer[n]} IS NULL THEN 'item_{n}' END" for n in answer
+                )
+                + ")"
+            )
+            incomplete = "items_given > 0 AND items_given < n_items"
+            proratable = f"instrument__v IN {_in_list(PRORATED_SCALES)}"
+            checks += [
+                Check(
+                    "items",
+                    f"{incomplete} AND NOT {proratable}",
+                    "instrument__v || ' totals are not prorated: give all ' || n_items || "
+                    "' items or only a total (' || items_given || ' of ' || n_items || "
+                    f"' items given; missing: ' || {missing_list} || ')'",
+                    value="items_given",
+                ),
+                Check(
+                    "items",
+                    f"{incomplete} AND {proratable} AND items_given < n_items - {PRORATE_MAX_MISSING}",
+                    "'too many missing item answers: ' || (n_items - items_given) || ' of ' || n_items "
+                    "|| ' ' || instrument__v || ' items missing (' || "
+                    f"{missing_list} || '); a total is prorated only when at most {PRORATE_MAX_MISSING} are "
+                    "missing (NHS Data Dictionary rule): give the missing answers, or only a total'",
+                    value="items_given",
+                ),
+                Check(
+                    "total",
+                    "items_given = n_items AND total__n IS NOT NULL AND total__n <> item_sum",
+                    "'total ' || total || ' is not the sum of the items (' || "
+                    "coalesce(CAST(try_cast(item_sum AS BIGINT) AS VARCHAR), CAST(item_sum AS VARCHAR)) "
+                    "|| ')'",
+                ),
+                Check(
+                    "total",
+                    "prorate_ok AND total__n IS NOT NULL AND total__n <> prorated_total",
+                    "'total ' || total || ' is not the prorated total of the items (' || "
+                    "coalesce(CAST(try_cast(prorated_total AS BIGINT) AS VARCHAR), "
+                    "CAST(prorated_total AS VARCHAR)) || ': the mean of the ' || items_given || "
+                    "' answered items times ' || n_items || ', rounded; missing: ' || "
+                    f"{missing_list} || ')'",
+                ),
+                Check(
+                    "total",
+                    "total IS NULL AND coalesce(items_given, 0) = 0 AND instrument__v IS NOT NULL",
+                    _lit("a score needs a total or its item answers"),
+                ),
+            ]
+        else:
+            checks.append(Check("total", "total IS NULL", _lit("a score needs a total or its item answers")))
+        self._run_checks(st, checks)
+        self._mark_bad(st)
+        self._lookalike_ids(st)
+        self._unknown_patients(st)
+        if items:
+            # Every position up to the longest scale, NULL where the file has no such column, so a prorated
+            # row keeps each answer at its item number (and NULL where it was not answered).
+            item_list = (
+                "["
+                + ", ".join(
+                    f"try_cast(item_{n}__n AS SMALLINT)" if n in items else "CAST(NULL AS SMALLINT)"
+                    for n in range(1, reg.MAX_ITEMS + 1)
+                )
+                + "]"
+            )
+            total_expr = "CASE WHEN prorate_ok THEN prorated_total ELSE coalesce(total__n, item_sum) END"
+            items_expr = (
+                f"CASE WHEN items_given = n_items OR prorate_ok THEN list_slice({item_list}, 1, n_items) END"
+            )
+            prorated_expr = "prorate_ok"
+        else:
+            total_expr = "total__n"
+            items_expr = "CAST(NULL AS SMALLINT[])"
+            prorated_expr = "false"
+        self.con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE {st.table}_clean AS
+            SELECT row_no, ok, patient_id, instrument__v AS instrument, assessed_on__d AS assessed_on,
+                   assessed_on__ts AS assessed_at, try_cast({total_expr} AS SMALLINT) AS total,
+                   {items_expr} AS items, phase__v AS phase, {prorated_expr} AS prorated
+            FROM {st.table}"""
+        )
+        st.clean_ready = True
+        keys = ["patient_id", "instrument", "assessed_at"]
+        what = "score for the same patient, instrument and time"
+        # IS DISTINCT FROM on items: NULL answers at the same positions are equal (a re-import is a no-op).
+        values = ["total", "items", "phase", "prorated"]
+        self._key_conflicts(st, keys, values, "assessed_on", what, None)
+        self._key_conflicts(st, keys, values, "assessed_on", what, "scores")
+        if items:
+            self._report_prorated(st)
+
+    def _report_prorated(self, st: _Staged) -> None:
+        """One info line per file: how many good rows had their total prorated, and which."""
+        rows = self.con.execute(
+            f"SELECT row_no FROM {st.table}_clean WHERE ok AND prorated ORDER BY row_no"
+        ).fetchall()
+        st.result.rows_prorated = len(rows)
+        if not rows:
+            return
+        shown = ", ".join(str(r[0]) for r in rows[:20])
+        more = f" and {len(rows) - 20} more" if len(rows) > 20 else ""
+        self._problem(
+            st.src,
+            f"{len(rows)} row(s) with 1-{PRORATE_MAX_MISSING} missing item answers: the total is prorated "
+            "(the mean of the answered items times the number of items, rounded to the nearest whole "
+            "number; NHS Data Dictionary rule for PHQ-9 and GAD-7) and marked prorated; a missing PHQ-9 "
+            f"item 9 leaves the safety flag unknown. Rows {shown}{more}",
+            row=None,
+            column="items",
+            value=None,
+            severity="info",
+        )
+
+    def _key_conflicts(
+        self, st: _Staged, keys: list[str], values: list[str], column: str, what: str, table: str | None
+    ) -> None:
+        """Rows sharing a key with different values: with each other in the file (``table`` None),
+        or with a row already in ``table``. Identical rows are not conflicts (a re-import is a no-op)."""
+        key = ", ".join(keys)
+        if table is None:
+            probe_sql = (
+                f"SELECT count(*) FROM (SELECT 1 FROM {st.table}_clean WHERE ok "
+                f"GROUP BY {key} HAVING count(*) > 1)"
+            )
+            probe = self.con.execute(probe_sql).fetchone()
+            st.has_duplicate_keys = bool(probe and probe[0])
+            if not st.has_duplicate_keys:
+                return
+            vals = ", ".join(values)
+            sql = f"""WITH g AS (
+                SELECT {key}, list(row_no ORDER BY row_no) AS rows FROM {st.table}_clean
+                WHERE ok GROUP BY {key} HAVING count(DISTINCT ({vals})) > 1)
+            SELECT c.row_no, p.{column},
+                   {_lit("duplicate " + what + " with different values; see row(s) ")}
+                   || array_to_string(list_slice(list_filter(g.rows, lambda r: r <> c.row_no), 1, 10), ', ')
+                   || CASE WHEN len(g.rows) > 11 THEN ' and ' || (len(g.rows) - 11) || ' more' ELSE '' END
+            FROM {st.table}_clean c JOIN g USING ({key}) JOIN {st.table} p ON p.row_no = c.row_no
+            WHERE c.ok"""
+        else:
+            differs = " OR ".join(f"c.{v} IS DISTINCT FROM t.{v}" for v in values)
+            sql = f"""SELECT c.row_no, p.{column},
+                   {_lit("a " + what + " is already in the database (batch ")} || t.batch_id
+                   || ') with different values; undo that batch first to replace it'
+            FROM {st.table}_clean c JOIN {table} t USING ({key}) JOIN {st.table} p ON p.row_no = c.row_no
+            WHERE c.ok AND ({differs})"""
+        self._record(
+            st,
+            f"SELECT row_no, {_lit(column)}, CAST(v AS VARCHAR), reason FROM ({sql}) AS x(row_no, v, reason)",
+        )
+        self._mark_bad(st)
