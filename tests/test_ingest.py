@@ -1227,3 +1227,14 @@ def test_fhir_ids_said_to_be_pseudonymous_are_kept(tmp_path, db_file):
     assert query(db_file, "SELECT patient_id FROM patients") == [("pat-1",)]
     with db.reader(db_file) as con:
         assert con.execute("SELECT count(*) FROM meta WHERE key = 'pseudonym_key'").fetchone() == (0,)
+
+
+def test_records_a_source_holds_but_this_product_does_not_load_are_one_report_line() -> None:
+    from kapdata.ingest.sources import skipped_line
+
+    skipped = {f"Observation LOINC {n}-1": n for n in range(1, 11)} | {"Encounter": 3}
+    line = skipped_line(skipped, shown=3)
+    assert line == (
+        "58 record(s) skipped (not loaded, not an error): Observation LOINC 10-1 ×10, "
+        "Observation LOINC 9-1 ×9, Observation LOINC 8-1 ×8, and 8 more kinds"
+    )

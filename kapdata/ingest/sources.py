@@ -101,6 +101,17 @@ def _mapped(src: SourceFile, mapping: Mapping, key: bytes | None) -> Converted:
     return out
 
 
+def skipped_line(skipped: dict[str, int], shown: int = 8) -> str:
+    """One report line for the records a source held that this product does not load (not errors): the
+    total, then the most frequent kinds with their counts."""
+    ranked = sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0]))
+    parts = [f"{what} ×{n:,}" for what, n in ranked[:shown]]
+    if len(ranked) > shown:
+        parts.append(f"and {len(ranked) - shown} more kinds")
+    total = sum(skipped.values())
+    return f"{total:,} record(s) skipped (not loaded, not an error): " + ", ".join(parts)
+
+
 def _fhir(src: SourceFile, key: bytes | None, ids_are_pseudonymous: bool) -> Converted:
     from kapdata import fhir
 
@@ -111,8 +122,8 @@ def _fhir(src: SourceFile, key: bytes | None, ids_are_pseudonymous: bool) -> Con
     except fhir.FhirError as exc:
         raise FileError(str(exc)) from None
     out = Converted(infos=list(found.notes))
-    for what, n in found.skipped.items():
-        out.infos.append(f"{n:,} skipped (not loaded, not an error): {what}")
+    if found.skipped:
+        out.infos.append(skipped_line(found.skipped))
     folder = src.path if src.path.is_dir() else None
     for conv in found.converted:
         table = conv.table
