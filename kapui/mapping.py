@@ -231,7 +231,7 @@ def _value_map(target: str, values: list[str], current: dict[str, str], prefix: 
             index = options.index(preset) if preset in options else 0
             with col:
                 key = f"{prefix}_val_{target}_{hashlib.sha1(value.encode()).hexdigest()[:8]}"
-                picked = st.selectbox(value, options, index=index, key=key)
+                picked = st.selectbox(kapui.md_escape(value), options, index=index, key=key)
             if picked != AS_WRITTEN and picked != value:
                 out[value] = str(picked)
     return out
@@ -252,7 +252,7 @@ def _events_map(values: list[str], current: dict[str, str], prefix: str) -> dict
             index = options.index(preset) if preset in options else 0
             with col:
                 key = f"{prefix}_event_{hashlib.sha1(value.encode()).hexdigest()[:8]}"
-                picked = st.selectbox(value, options, index=index, key=key)
+                picked = st.selectbox(kapui.md_escape(value), options, index=index, key=key)
             if picked != NO_PHASE:
                 out[value] = str(picked)
     return out

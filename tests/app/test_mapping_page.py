@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
+import kapui
 from kapdata import db
 from kapdata.ingest import mapping as mp
 from tests.conftest import snapshot
@@ -219,8 +220,8 @@ def test_a_redcap_export_is_offered_as_the_redcap_layout_with_its_events_table(d
     assert widget(at.selectbox, "_date_PHQ9").value == "phq9_date"
     assert widget(at.selectbox, "_PHQ9_col_item_9").value == "phq9_9"
     # The events → phase table lists the export's events.
-    next(s for s in at.selectbox if s.label == "baseline_arm_1").set_value("preparation").run()
-    next(s for s in at.selectbox if s.label == "month_3_arm_1").set_value("follow-up").run()
+    for event, phase in (("baseline_arm_1", "preparation"), ("month_3_arm_1", "follow-up")):
+        next(s for s in at.selectbox if s.label == kapui.md_escape(event)).set_value(phase).run()
     at.checkbox(key="import_new_patients").check().run()  # record 101 is a new patient
     assert not at.exception, at.exception
     assert frame_with(at, "taken as")[["taken as", "rows read", "valid", "rejected"]].values.tolist() == [
@@ -238,3 +239,13 @@ def test_a_redcap_export_is_offered_as_the_redcap_layout_with_its_events_table(d
     assert [r[1:] for r in rows] == [("2025-01-10", 16, "preparation"), ("2025-04-10", 5, "follow-up")]
     assert rows[0][0] == rows[1][0] != "101"
     assert rows[0][0].startswith("R") and len(rows[0][0]) == 11
+
+
+def test_a_file_value_shown_as_a_value_map_label_is_text_not_markdown(db_file: Path) -> None:
+    beacon = "![x](https://example.invalid/b.png)"
+    text = OWN.replace("GAD7 Anxiety", beacon)
+    at = upload(import_page(), ("clinic_export.csv", text))
+    widget(at.selectbox, "_col_instrument").set_value("Measure").run()
+    labels = [s.label for s in at.selectbox]
+    assert beacon not in labels  # it would render as an image fetched from that host
+    assert kapui.md_escape(beacon) in labels
