@@ -41,3 +41,12 @@ def counts(path: Path) -> dict[str, int]:
 def _raise_page_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     """Page tests see a page's exception (``at.exception``) instead of the one-line message users get."""
     monkeypatch.setenv("KAP_DEBUG", "1")
+
+
+@pytest.fixture(autouse=True)
+def _private_temp_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each page test stages uploads in its own temporary folder, so tests that check that staged uploads
+    leave the disk are not confused by another process (a second test run) using the system's temp dir."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path_factory.mktemp("tmp")))
