@@ -196,15 +196,29 @@ def add(
     return account
 
 
-def _update(path: str | os.PathLike[str] | None, email: str, sql: str, params: list[object]) -> Account:
+def _update(path: str | os.PathLike[str] | None, email: str, statement: str, params: list[object]) -> Account:
+    """Run one of the fixed UPDATE statements below; its last two parameters are changed_at and the email."""
     address = email.strip().lower()
     with db.session(path) as con:
         if get(con, address) is None:
             raise AccountError(f"no account for {email}")
-        con.execute(f"UPDATE users SET {sql}, changed_at = ? WHERE email = ?", [*params, _now(), address])
+        con.execute(statement, [*params, _now(), address])
         account = get(con, address)
     assert account is not None
     return account
+
+
+_SET_ROLE = (
+    "UPDATE users SET role = ?, clinics = coalesce(?, clinics), "
+    "calendar_dates = coalesce(?, calendar_dates), changed_at = ? WHERE email = ?"
+)
+_SET_DISABLED = (
+    "UPDATE users SET disabled = ?, failed_attempts = 0, locked_until = NULL, changed_at = ? WHERE email = ?"
+)
+_SET_PASSWORD = (
+    "UPDATE users SET password_hash = ?, failed_attempts = 0, locked_until = NULL, changed_at = ? "
+    "WHERE email = ?"
+)
 
 
 def set_role(
@@ -214,28 +228,23 @@ def set_role(
     clinics: tuple[str, ...] | list[str] | None = None,
     calendar_dates: bool | None = None,
 ) -> Account:
-    """Change the role (and, when given, the clinics and the calendar-dates permission)."""
+    """Change the role (and, when given, the clinics and the calendar-dates permission). Only researchers and
+    admins keep a calendar-dates permission they are not given again."""
     _check_role(role)
-    sets, params = ["role = ?"], [role]
-    if clinics is not None:
-        sets.append("clinics = ?")
-        params.append(list(_check_clinics(clinics)))  # type: ignore[arg-type]
-    if calendar_dates is not None:
-        sets.append("calendar_dates = ?")
-        params.append(calendar_dates)  # type: ignore[arg-type]
-    elif role not in ("researcher", "admin"):
-        sets.append("calendar_dates = false")
-    return _update(path, email, ", ".join(sets), list(params))
+    places = None if clinics is None else list(_check_clinics(clinics))
+    if calendar_dates is None and role not in ("researcher", "admin"):
+        calendar_dates = False
+    return _update(path, email, _SET_ROLE, [role, places, calendar_dates])
 
 
 def set_disabled(path: str | os.PathLike[str] | None, email: str, disabled: bool) -> Account:
-    return _update(path, email, "disabled = ?, failed_attempts = 0, locked_until = NULL", [disabled])
+    return _update(path, email, _SET_DISABLED, [disabled])
 
 
 def set_password(path: str | os.PathLike[str] | None, email: str, password: str | None) -> Account:
     """A new password (None: organisation sign-in only); clears a lockout."""
     hashed = _hasher.hash(_check_password(password)) if password is not None else None
-    return _update(path, email, "password_hash = ?, failed_attempts = 0, locked_until = NULL", [hashed])
+    return _update(path, email, _SET_PASSWORD, [hashed])
 
 
 def authenticate(

@@ -83,6 +83,7 @@ def write_query_csv(
     must be, empty for NULL, booleans ``true``/``false``, dates ``YYYY-MM-DD``. The query must already
     neutralise its text columns (:func:`sql_neutralised`). Returns the number of rows written."""
     with con.cursor() as cur:  # a fresh cursor: the caller's connection may hold an unfinished result
-        cur.sql(sql, params=params).write_csv(str(target))
-        rows = cur.execute(f"SELECT count(*) FROM ({sql})", params).fetchall()
+        rel = cur.sql(sql, params=params)
+        rel.write_csv(str(target))
+        rows = rel.count("*").fetchall()
     return int(rows[0][0]) if rows else 0

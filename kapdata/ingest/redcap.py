@@ -21,6 +21,8 @@ import hashlib
 import hmac
 
 import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from kapdata import instruments as reg
 from kapdata.ingest.checks import _lit
@@ -109,10 +111,10 @@ def convert(
     else:
         if key is None:
             raise MappingError("a key is needed to pseudonymise REDCap record ids")
-        ids = [
-            r[0]
-            for r in con.execute(f"SELECT DISTINCT {rec} FROM mapped_raw WHERE {rec} IS NOT NULL").fetchall()
-        ]
+        # The distinct record ids (trimmed, blanks left out, as _cell reads them), read column-wise.
+        column = con.table("mapped_raw").to_arrow_table().column(int(_find(positions, record) or 1) - 1)
+        trimmed = pc.utf8_trim_whitespace(pc.cast(column, pa.string()))
+        ids = [v for v in pc.unique(trimmed).to_pylist() if v]
         con.execute("CREATE OR REPLACE TEMP TABLE record_keys (record VARCHAR, patient_id VARCHAR)")
         if ids:
             con.executemany(
