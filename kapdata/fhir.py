@@ -1187,43 +1187,41 @@ def read_fhir(
             else "FHIR patient ids replaced by keyed pseudonyms (HMAC-SHA256, F + 10 characters); no "
             "name, birth date, address, contact or other Patient detail was read"
         )
-    if reader.by_position:
-        reader.notes.append(
-            f"{reader.by_position:,} questionnaire response(s) without item codes: items taken in order (the "
-            "number or letter their linkIds end in, else the order in the file)"
-        )
-    if reader.difficulty_dropped:
-        reader.notes.append(
-            f'{reader.difficulty_dropped:,} answer(s) to the difficulty question ("how difficult have these '
-            'problems made it…", not part of the score) left out'
-        )
-    if reader.items_unread:
-        reader.notes.append(
-            f"{reader.items_unread:,} questionnaire response(s) whose items could not be identified (no "
-            "LOINC code or mapped linkId, and not exactly one answer per item to take in order): items left "
-            "empty"
-        )
-    if reader.merged_with_observation:
-        reader.notes.append(
-            f"{reader.merged_with_observation:,} questionnaire response(s) joined with the Observation of "
-            "the same score (same patient, scale and local date-time): one row each"
-        )
-    if reader.merged_responses:
-        reader.notes.append(
-            f"{reader.merged_responses:,} questionnaire response(s) joined with another response of the same "
-            "score (same patient, scale and local date-time): one row each"
-        )
-    if reader.merged_unread:
-        reader.notes.append(
-            f"{reader.merged_unread:,} of the joined questionnaire response(s) gave neither items nor a "
-            "total: the Observation's values kept"
-        )
-    if reader.routes_unknown:
-        reader.notes.append(
-            f"{reader.routes_unknown:,} ketamine administration(s) with an unknown route: left empty"
-        )
-    if reader.units_unknown:
-        reader.notes.append(f"{reader.units_unknown:,} ketamine dose(s) not in mg or mg/kg: left empty")
+    counted = (
+        (
+            reader.by_position,
+            "questionnaire response(s) without item codes: items taken in order (the number or letter their "
+            "linkIds end in, else the order in the file)",
+        ),
+        (
+            reader.difficulty_dropped,
+            'answer(s) to the difficulty question ("how difficult have these problems made it…", not part of '
+            "the score) left out",
+        ),
+        (
+            reader.items_unread,
+            "questionnaire response(s) whose items could not be identified (no LOINC code or mapped linkId, "
+            "and not exactly one answer per item to take in order): items left empty",
+        ),
+        (
+            reader.merged_with_observation,
+            "questionnaire response(s) joined with the Observation of the same score (same patient, scale "
+            "and local date-time): one row each",
+        ),
+        (
+            reader.merged_responses,
+            "questionnaire response(s) joined with another response of the same score (same patient, scale "
+            "and local date-time): one row each",
+        ),
+        (
+            reader.merged_unread,
+            "of the joined questionnaire response(s) gave neither items nor a total: the Observation's "
+            "values kept",
+        ),
+        (reader.routes_unknown, "ketamine administration(s) with an unknown route: left empty"),
+        (reader.units_unknown, "ketamine dose(s) not in mg or mg/kg: left empty"),
+    )
+    reader.notes += [f"{n:,} {text}" for n, text in counted if n]
     return FhirResult(converted, dict(sorted(reader.skipped.items())), reader.notes)
 
 
