@@ -333,3 +333,24 @@ def test_a_short_file_whose_last_row_has_an_extra_field_is_named_not_taken_as_em
     text = SCORES_HEADER + "\nP1,PHQ-9,2025-01-05,3\nP2,PHQ-9,2025-01-05,3,9\n"
     problem = only_error(rejected(base_db, write_text(tmp_path / "s.csv", text)))
     assert problem.row == 3 and problem.reason.startswith("row 3 has 5 fields")
+
+
+# ------------------------------------------------------------- clinic formats: refusals change nothing
+
+FHIR_FIXTURES = Path(__file__).parent / "fixtures" / "fhir"
+
+
+def test_a_refused_fhir_file_or_a_mapping_that_does_not_fit_leaves_the_database_as_it_was(tmp_path, base_db):
+    from kapdata.ingest import mapping as mp
+
+    result = rejected(base_db, FHIR_FIXTURES / "stu3_bundle.json")
+    assert "STU3" in only_error(result).reason
+    odd = tmp_path / "visits.csv"
+    odd.write_text("Pseudonym,When,Score\nB1,2025-05-01,4\n")
+    columns = {"patient_id": "Pseudonym", "assessed_on": "When", "instrument": "Measure", "total": "Nope"}
+    mapping = mp.Mapping.from_dict({"kind": "scores", "layout": "long", "columns": columns})
+    before = snapshot(base_db)
+    with pytest.raises(ingest.ImportRejected) as info:
+        ingest.load_files([ingest.SourceFile(odd, odd.name, mapping=mapping)], base_db)
+    assert snapshot(base_db) == before
+    assert "which is not in the file" in str(info.value.result.errors[0])
