@@ -106,8 +106,14 @@ def nav(page: Any, title: str) -> None:
     _wait_idle(page)
 
 
-def measure(db_file: Path, patient_id: str, repeat: int) -> dict[str, dict[str, float]]:
+def measure(
+    db_file: Path, patient_id: str, repeat: int, only: frozenset[str] = frozenset()
+) -> dict[str, dict[str, float]]:
+    """Click → idle timings; ``only`` (measurement names, case-insensitive) limits what is measured."""
     from playwright.sync_api import sync_playwright
+
+    def wanted(name: str) -> bool:
+        return not only or name.lower() in only
 
     proc, url = start_app(db_file)
     times: dict[str, list[float]] = {}
@@ -124,34 +130,41 @@ def measure(db_file: Path, patient_id: str, repeat: int) -> dict[str, dict[str, 
             # One untimed pass warms the server's caches, as for a person who is not the first of the day.
             for rep in range(repeat + 1):
                 for title, _path in PAGES:
+                    if not wanted(title):
+                        continue
                     link = page.locator('[data-testid="stSidebarNav"] a').filter(has_text=title).first
                     took = _timed(link.click, page)
                     if rep:
                         times.setdefault(title, []).append(took)
                 # A patient from the caseload: click its first row, as a person does.
-                nav(page, "Patient trends")
-                grid = page.locator('[data-testid="stDataFrame"]').first
-                grid.wait_for(timeout=60_000)
-                box = grid.bounding_box()
-                assert box is not None
-                took = _timed(lambda box=box: page.mouse.click(box["x"] + 18, box["y"] + 52), page)
-                page.get_by_role("heading", name="Patient ").filter(has_not_text="trends").first.wait_for()
-                if rep:
-                    times.setdefault("patient from the caseload", []).append(took)
+                if wanted("patient from the caseload"):
+                    nav(page, "Patient trends")
+                    grid = page.locator('[data-testid="stDataFrame"]').first
+                    grid.wait_for(timeout=60_000)
+                    box = grid.bounding_box()
+                    assert box is not None
+                    took = _timed(lambda box=box: page.mouse.click(box["x"] + 18, box["y"] + 52), page)
+                    heading = page.get_by_role("heading", name="Patient ")
+                    heading.filter(has_not_text="trends").first.wait_for()
+                    if rep:
+                        times.setdefault("patient from the caseload", []).append(took)
                 # A filter change on clinic outcomes: completers <-> intention-to-treat.
-                nav(page, "Clinic outcomes")
-                choice = "Intention-to-treat" if rep % 2 == 0 else "Completers"
-                took = _timed(lambda choice=choice: page.get_by_text(choice, exact=True).first.click(), page)
-                if rep:
-                    times.setdefault("clinic outcomes filter change", []).append(took)
+                if wanted("clinic outcomes filter change"):
+                    nav(page, "Clinic outcomes")
+                    choice = "Intention-to-treat" if rep % 2 == 0 else "Completers"
+                    radio = page.get_by_text(choice, exact=True).first
+                    took = _timed(radio.click, page)
+                    if rep:
+                        times.setdefault("clinic outcomes filter change", []).append(took)
                 # A patient by deep link in a new tab.
-                tab = context.new_page()
-                target = f"{url}/patient_trends?patient={patient_id}"
-                took = _timed(lambda tab=tab, target=target: tab.goto(target), tab)
-                tab.get_by_text(f"Patient {patient_id}").first.wait_for(timeout=60_000)
-                tab.close()
-                if rep:
-                    times.setdefault("patient by deep link (new tab)", []).append(took)
+                if wanted("patient by deep link (new tab)"):
+                    tab = context.new_page()
+                    target = f"{url}/patient_trends?patient={patient_id}"
+                    took = _timed(lambda tab=tab, target=target: tab.goto(target), tab)
+                    tab.get_by_text(f"Patient {patient_id}").first.wait_for(timeout=60_000)
+                    tab.close()
+                    if rep:
+                        times.setdefault("patient by deep link (new tab)", []).append(took)
             browser.close()
     finally:
         proc.terminate()
@@ -169,7 +182,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--db", help="measure this database instead of a generated cohort")
     ap.add_argument("--cache", default=str(ROOT / "bench" / "cache"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "browser_results.json"))
+    ap.add_argument(
+        "--only",
+        default="",
+        help="comma-separated measurement names to time (e.g. 'Patient trends,patient from the caseload')",
+    )
     a = ap.parse_args(argv)
+    only = frozenset(x.strip().lower() for x in a.only.split(",") if x.strip())
     from bench.run import cohort_files
     from kapdata import db, ingest
 
@@ -182,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         with db.reader(db_file) as con:
             row = con.execute("SELECT patient_id FROM scores ORDER BY patient_id LIMIT 1 OFFSET 7").fetchone()
         patient_id = row[0] if row else ""
-        results = measure(db_file, patient_id, a.repeat)
+        results = measure(db_file, patient_id, a.repeat, only)
     print(f"{'measurement':<34} {'median s':>9} {'min':>7} {'max':>7}  budget")
     for name, r in results.items():
         budget = BUDGETS.get(name, BUDGETS["page (any)"])
