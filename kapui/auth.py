@@ -26,6 +26,8 @@ AUTH_KEY = "_kap_auth"  # {"email", "source", "signed_in_at", "last_seen"}
 PRINCIPAL_KEY = "_kap_principal"
 REQUIRED_KEY = "_kap_sign_in_required"
 VIEWED_KEY = "_kap_last_viewed"
+AFTER_SIGN_IN_KEY = "_kap_after_sign_in"  # the deep link followed before signing in
+DEEP_LINK_PARAMS = ("patient",)
 OIDC_BUTTON = "Sign in with your organisation"
 AUDIT_DOWN = (
     "The audit trail cannot be written, so patient-level data is not shown. Ask your administrator to check "
@@ -246,6 +248,10 @@ def gate(path: str) -> Principal | None:
         return None
     assert account is not None
     state["last_seen"] = now
+    # The address the person followed before signing in (a patient link): restored once, then checked by
+    # the page like any other address (a patient outside the person's clinics is refused there).
+    for key, value in st.session_state.pop(AFTER_SIGN_IN_KEY, {}).items():
+        st.query_params[key] = value
     who = account.principal(state["source"])
     st.session_state[PRINCIPAL_KEY] = who
     return who
@@ -278,7 +284,11 @@ def _local_sign_in(path: str) -> None:
 
 def sign_in_page(path: str) -> None:
     """The only page without sign-in: a local-account form and, when configured, organisation sign-in.
-    It shows no data, and any patient ID in the address is removed."""
+    It shows no data, and any patient ID in the address is removed from it -- kept on the server for this
+    session, so that a link to a patient opens that patient once the person has signed in."""
+    link = {key: st.query_params[key] for key in DEEP_LINK_PARAMS if key in st.query_params}
+    if link:
+        st.session_state[AFTER_SIGN_IN_KEY] = link
     for key in list(st.query_params):
         del st.query_params[key]
     st.title("KAP Outcomes")

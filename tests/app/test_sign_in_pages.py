@@ -248,3 +248,34 @@ def test_without_accounts_the_app_is_the_local_administrator_and_says_so(app_env
     at = app().run()
     assert not at.exception, at.exception
     assert any("Serving only this computer (127.0.0.1)" in c.value for c in at.sidebar.caption)
+
+
+def test_a_patient_link_followed_before_sign_in_opens_that_patient_after_it(signed_db: Path) -> None:
+    at = app()
+    at.switch_page("pages/patient_trends.py")
+    at.query_params["patient"] = "K00001"  # Northside
+    at.run()
+    assert [t.value for t in at.subheader] == ["Sign in"]
+    assert "patient" not in at.query_params  # not in the address while nobody is signed in
+    assert "K00001" not in texts(at)
+    at.text_input(key="signin_email").input("clinician@clinic.example")
+    at.text_input(key="signin_password").input(PASSWORD)
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    assert at.title[0].value == "Patient K00001"
+    assert at.query_params["patient"] in ("K00001", ["K00001"])  # AppTest keeps the set value
+    viewed = audit.query(signed_db, action="patient viewed")
+    assert [(r["user"], r["target"]) for r in viewed] == [("clinician@clinic.example", "K00001")]
+
+
+def test_a_link_to_another_clinics_patient_is_still_refused_after_sign_in(signed_db: Path) -> None:
+    at = app()
+    at.switch_page("pages/patient_trends.py")
+    at.query_params["patient"] = "K00002"  # Riverside
+    at.run()
+    at.text_input(key="signin_email").input("clinician@clinic.example")
+    at.text_input(key="signin_password").input(PASSWORD)
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    assert [e.value for e in at.error] == ["Not permitted: this patient is not in your clinics."]
+    assert [(r["action"], r["target"]) for r in denied_rows(signed_db)] == [("denied", "K00002")]
