@@ -238,3 +238,64 @@ def test_a_nested_read_in_one_thread_does_not_wait_for_itself(tmp_path, db_file)
         pass
     with db.reader(db_file) as outer, db.reader(db_file) as inner:
         assert outer.execute("SELECT 1").fetchone() == inner.execute("SELECT 1").fetchone()
+
+
+# -- the first load: checked in a whole copy of the (empty) database, which then takes its place
+
+
+@pytest.fixture()
+def empty_db(tmp_path: Path) -> tuple[Path, list[Path]]:
+    """A database with no data yet, and a cohort's files to load into it."""
+    db_file = tmp_path / "db" / "kap.duckdb"
+    with db.session(db_file):
+        pass
+    return db_file, sample.write_sample(200, tmp_path / "files", seed=5)
+
+
+def copies_beside(db_file: Path) -> list[str]:
+    return sorted(p.name for p in db_file.parent.iterdir() if p.name != db_file.name)
+
+
+def test_a_first_load_is_checked_in_a_copy_readers_carry_on_and_no_copy_is_left(empty_db, monkeypatch):
+    db_file, files = empty_db
+    load = PausedLoad(monkeypatch, files, db_file).start()
+    try:
+        started = time.monotonic()
+        assert totals(db_file) == (0, 0, 0)  # the database itself is untouched while the copy is checked
+        assert time.monotonic() - started < db.LOCK_WAIT_SECONDS / 3
+        assert not db.writing(db_file)
+        assert any(name.endswith(".loading") for name in copies_beside(db_file))
+    finally:
+        result = load.finish()
+    assert result.committed and load.checks == 1
+    assert totals(db_file) == rows_in(files)
+    assert query(db_file, "SELECT value FROM meta WHERE key = 'data_version'") == [("1",)]
+    assert query(db_file, "SELECT count(*) > 0 FROM outcomes") == [(True,)]  # computed in the copy
+    assert copies_beside(db_file) == []  # the copy became the database: nothing is left beside it
+
+
+def test_a_first_load_checks_again_when_the_empty_database_was_written_meanwhile(empty_db, monkeypatch):
+    """A write that moves no data version (here a saved column mapping) still makes the copy stale: it
+    must not be lost under the copy."""
+    db_file, files = empty_db
+    load = PausedLoad(monkeypatch, files, db_file).start()
+    try:
+        with db.session(db_file) as con:
+            con.execute("INSERT INTO mappings VALUES ('monthly', '{}', ['a'], current_localtimestamp())")
+    finally:
+        result = load.finish()
+    assert result.committed
+    assert load.checks == 2  # checked again, in a copy of the database as it is now
+    assert query(db_file, "SELECT name FROM mappings") == [("monthly",)]
+    assert totals(db_file) == rows_in(files)
+    assert copies_beside(db_file) == []
+
+
+def test_a_rejected_first_load_leaves_the_database_file_byte_for_byte_as_it_was(empty_db, tmp_path):
+    db_file, files = empty_db
+    before = db_file.read_bytes()
+    bad = write_text(tmp_path / "bad.csv", csv_lines(SCORES_HEADER, [("K00001", "PHQ-9", "2025-06-01", 99)]))
+    with pytest.raises(ingest.ImportRejected):
+        ingest.load_files([*files, bad], db_file)
+    assert db_file.read_bytes() == before
+    assert copies_beside(db_file) == []

@@ -3,13 +3,14 @@ quarantine, batches and undo."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from kapdata import db, ingest
+from kapdata import db, ingest, sample
 from tests.conftest import (
     PATIENTS_HEADER,
     SCORES_HEADER,
@@ -1238,3 +1239,27 @@ def test_records_a_source_holds_but_this_product_does_not_load_are_one_report_li
         "58 record(s) skipped (not loaded, not an error): Observation LOINC 10-1 ×10, "
         "Observation LOINC 9-1 ×9, Observation LOINC 8-1 ×8, and 8 more kinds"
     )
+
+
+def test_a_first_load_that_cannot_work_within_the_memory_limit_runs_again_without_it(tmp_path, monkeypatch):
+    """A first load works in a whole copy with a DuckDB memory limit (work spills beyond it); work that
+    cannot spill within it is done once more without the limit instead of failing."""
+    from kapdata.ingest import pipeline
+
+    monkeypatch.setattr(pipeline, "STAGE_MEMORY_LIMIT", "1MB")
+    limits: list[str | None] = []
+    real = pipeline._staging
+
+    @contextlib.contextmanager
+    def spy(target, **kwargs):
+        limits.append(kwargs.get("memory_limit"))
+        with real(target, **kwargs) as stage:
+            yield stage
+
+    monkeypatch.setattr(pipeline, "_staging", spy)
+    files = sample.write_sample(100, tmp_path / "files", seed=2)
+    db_file = tmp_path / "kap.duckdb"
+    assert ingest.load_files(files, db_file).committed
+    assert limits == ["1MB", None]
+    assert query(db_file, "SELECT count(*) FROM patients") == [(100,)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["files", "kap.duckdb"]

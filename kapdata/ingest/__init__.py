@@ -15,7 +15,7 @@ database is left exactly as it was. The modules follow the pipeline:
   the value and the reason (:mod:`~kapdata.ingest.report`).
 * :mod:`~kapdata.ingest.commit`: each file's good rows become one batch in ``batches``, which can be undone.
 * :mod:`~kapdata.ingest.pipeline`: :func:`load_files` ties it together (checked in a private copy, then
-  published in one short transaction).
+  published in one short transaction; a first load: in a whole copy of the file, renamed over it).
 """
 
 from __future__ import annotations

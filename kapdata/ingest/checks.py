@@ -29,7 +29,7 @@ def _lit(text: str) -> str:
 def _num(col: str) -> str:
     """SQL: the text column parsed as a number, NULL if it is not one. DuckDB's own cast reads ``1_2`` as
     12 (digit separators); a value with an underscore is not a number here."""
-    return f"try_cast(replace({col}, '_', 'x') AS DOUBLE)"  # 'x' is never part of a number
+    return f"(CASE WHEN NOT contains({col}, '_') THEN try_cast({col} AS DOUBLE) END)"
 
 
 def _whole(col: str) -> str:

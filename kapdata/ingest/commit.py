@@ -44,38 +44,48 @@ class Loader(Validator):
             dropped = "row_no, ok, dup_rank"
         else:
             source, dropped = f"{clean} WHERE ok", "row_no, ok"
-        self.con.execute(
-            f"CREATE OR REPLACE TEMP TABLE new_rows AS SELECT * EXCLUDE ({dropped}) FROM {source}"
-        )
+        rows_sql = f"SELECT * EXCLUDE ({dropped}) FROM {source}"
+        if kind == "patients":
+            present = False  # a patient already there is filled in or left alone, never inserted twice
+        else:
+            found = self.con.execute("SELECT EXISTS (SELECT 1 FROM " + kind + ")").fetchone()
+            present = bool(found and found[0])
+        if st.has_duplicate_keys or present:
+            # A copy, from which the rows already in the table are taken out below.
+            self.con.execute(f"CREATE OR REPLACE TEMP TABLE new_rows AS {rows_sql}")
+            rows = "new_rows"
+        else:  # nothing to take out: read the checked rows where they are
+            rows = f"({rows_sql})"
         count_sql = f"SELECT count(*) FROM {clean} WHERE ok"
         ok_row = self.con.execute(count_sql).fetchone()
         ok_rows = int(ok_row[0]) if ok_row else 0
         if kind == "patients":
             fill = self.con.execute(
-                """SELECT count(*) FROM new_rows n JOIN patients p USING (patient_id)
+                f"""SELECT count(*) FROM {rows} n JOIN patients p USING (patient_id)
                    WHERE NOT p.attributes_known"""
             ).fetchone()
             filled = int(fill[0]) if fill else 0
             self.con.execute(
-                """UPDATE patients AS p SET clinic = n.clinic, provider = n.provider, age_band = n.age_band,
+                f"""UPDATE patients AS p SET clinic = n.clinic, provider = n.provider, age_band = n.age_band,
                        sex = n.sex, primary_condition = n.primary_condition, route = n.route,
                        attributes_known = true, attributes_batch_id = ?
-                   FROM new_rows n WHERE p.patient_id = n.patient_id AND NOT p.attributes_known""",
+                   FROM {rows} n WHERE p.patient_id = n.patient_id AND NOT p.attributes_known""",
                 [batch_id],
             )
             inserted = self.con.execute(
-                """INSERT INTO patients
+                f"""INSERT INTO patients
                    SELECT patient_id, clinic, provider, age_band, sex, primary_condition, route, true, ?, ?
-                   FROM new_rows WHERE patient_id NOT IN (SELECT patient_id FROM patients)""",
+                   FROM {rows} n WHERE patient_id NOT IN (SELECT patient_id FROM patients)""",
                 [batch_id, batch_id],
             ).fetchone()
             loaded = (int(inserted[0]) if inserted else 0) + filled
         else:
             # key and kind are our own identifiers (the contract's key columns and table name)
-            already = f"DELETE FROM new_rows WHERE ({key}) IN (SELECT ({key}) FROM {kind})"
-            self.con.execute(already)
+            if present:
+                already = f"DELETE FROM new_rows WHERE ({key}) IN (SELECT ({key}) FROM {kind})"
+                self.con.execute(already)
             new_patients = self.con.execute(
-                """SELECT DISTINCT patient_id FROM new_rows
+                f"""SELECT DISTINCT patient_id FROM {rows} n
                    WHERE patient_id NOT IN (SELECT patient_id FROM patients) ORDER BY patient_id"""
             ).fetchall()
             if new_patients:
@@ -92,21 +102,22 @@ class Loader(Validator):
                     severity="info",
                 )
                 self.con.execute(
-                    """INSERT INTO patients (patient_id, attributes_known, batch_id)
-                       SELECT DISTINCT patient_id, false, ? FROM new_rows
+                    f"""INSERT INTO patients (patient_id, attributes_known, batch_id)
+                       SELECT DISTINCT patient_id, false, ? FROM {rows} n
                        WHERE patient_id NOT IN (SELECT patient_id FROM patients)""",
                     [batch_id],
                 )
             if kind == "sessions":
-                sql = """INSERT INTO sessions SELECT patient_id, session_date, route, dose_mg, dose_mg_per_kg,
-                       bp_sys_pre, bp_dia_pre, bp_sys_post, bp_dia_post, dissociation, side_effects, ?
-                       FROM new_rows"""
+                sql = f"""INSERT INTO sessions
+                       SELECT patient_id, session_date, route, dose_mg, dose_mg_per_kg, bp_sys_pre,
+                              bp_dia_pre, bp_sys_post, bp_dia_post, dissociation, side_effects, ?
+                       FROM {rows} n"""
             else:
-                sql = """INSERT INTO scores (patient_id, instrument, assessed_on, assessed_at, total, items,
+                sql = f"""INSERT INTO scores (patient_id, instrument, assessed_on, assessed_at, total, items,
                        phase, batch_id, prorated)
                        SELECT patient_id, instrument, assessed_on, assessed_at, total, items, phase, ?,
                               prorated
-                       FROM new_rows"""
+                       FROM {rows} n"""
             inserted = self.con.execute(sql, [batch_id]).fetchone()
             loaded = int(inserted[0]) if inserted else 0
         res.rows_loaded = loaded
@@ -133,6 +144,15 @@ class Loader(Validator):
         )
         res.batch_id = batch_id
 
+    def _release(self, st: _Staged, *, keep_raw: bool) -> None:
+        """Drop a file's work tables once its rows are checked and loaded (``keep_raw``: its raw rows, for
+        its rejects file)."""
+        self.con.execute("DROP VIEW IF EXISTS " + st.table)
+        for table in (st.table + "_clean", st.table + "_bad", f"inst_keys_{int(st.index)}", "new_rows"):
+            self.con.execute("DROP TABLE IF EXISTS " + table)
+        if not keep_raw:
+            self.con.execute("DROP TABLE IF EXISTS " + st.raw)
+
     def _write_rejects(self, st: _Staged, target: Path) -> None:
         self.con.execute(
             "CREATE OR REPLACE TEMP TABLE reject_reasons AS SELECT row_no, "
@@ -156,13 +176,19 @@ class Loader(Validator):
 
 
 _WORK_TABLE_RE = re.compile(
-    r"^((raw|parsed)_\d+(_clean)?|row_errors|load_patients|inst_keys|new_rows|reject_reasons|still_used)$"
+    r"^((raw|parsed)_\d+(_clean|_bad)?|row_errors|load_patients|inst_keys(_\d+)?|new_rows|reject_reasons|"
+    r"still_used|key_conflicts)$"
 )
 
 
 def _drop_work_tables(con: duckdb.DuckDBPyConnection) -> None:
-    """Drop this module's temporary work tables (names matched against our own fixed patterns)."""
+    """Drop this module's temporary work tables and views (names matched against our own fixed patterns)."""
     with contextlib.suppress(duckdb.Error):
+        # The views first: they read the tables.
+        views = con.execute("SELECT view_name FROM duckdb_views() WHERE temporary").fetchall()
+        for (name,) in views:
+            if _WORK_TABLE_RE.match(name):
+                con.execute("DROP VIEW IF EXISTS temp.main." + name)
         names = con.execute("SELECT table_name FROM duckdb_tables() WHERE temporary").fetchall()
         for (name,) in names:
             if _WORK_TABLE_RE.match(name):

@@ -6,6 +6,7 @@ import contextlib
 import datetime as dt
 import os
 import secrets
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -64,36 +65,44 @@ def load_files(
     keyed hash with this database's own key unless ``fhir_ids_are_pseudonymous`` (FHIR) or the mapping's
     ``ids_are_pseudonymous`` (REDCap) says they already are pseudonymous.
 
-    The files are read and checked in a private in-memory database holding a copy of what they are checked
-    against (:func:`_staging`), so checking holds no lock on the database file: other people's pages and
-    commands keep working however long a large file takes. Only the rows that pass are then written, in one
-    short transaction (:func:`_publish`); if the database changed meanwhile (another import, an undo, a
-    settings change) the check is run again on the new state.
+    The files are read and checked in a private database holding a copy of what they are checked against
+    (:func:`_staging`), so checking holds no lock on the database file: other people's pages and commands
+    keep working however long a large file takes. Only the rows that pass are then written, in one short
+    transaction (:func:`_publish`); if the database changed meanwhile (another import, an undo, a settings
+    change) the check is run again on the new state. A database that holds no data yet (the first load) is
+    instead copied whole, loaded into the copy (every row written once, the outcomes computed there) and
+    the copy then takes the database's place (:func:`_swap`), if the database is still as it was.
     """
     target = db.db_path(db_path)
     if not dry_run and not target.exists():
         with db.session(target):  # a first load creates the database
             pass
     key = _key_for(files, target, dry_run, fhir_ids_are_pseudonymous)
+    limit: str | None = STAGE_MEMORY_LIMIT
     for _attempt in range(STALE_RETRIES):
-        with _staging(target) as (stage, version):
-            publish = None if dry_run else (lambda result: _publish(stage, target, version, result))
+        with _staging(target, whole=not dry_run, memory_limit=limit) as stage:
+            publish = None if dry_run else stage.publish
             try:
                 return load_with_connection(
-                    stage,
+                    stage.con,
                     files,
                     on_error=on_error,
                     rejects=rejects,
                     dry_run=dry_run,
                     today=today,
-                    refresh=False,
+                    refresh=stage.copy is not None,
                     publish=publish,
+                    private=True,
                     new_patients=new_patients,
                     fhir_ids_are_pseudonymous=fhir_ids_are_pseudonymous,
                     key=key,
                 )
             except _StaleSnapshot:
                 continue
+            except duckdb.OutOfMemoryException:
+                if stage.copy is None or limit is None:
+                    raise
+                limit = None  # work that could not spill within the limit: once more, without it
     raise db.DatabaseBusy(
         f"{target}: the database kept changing while these files were checked; try again in a moment"
     )
@@ -134,14 +143,104 @@ def _data_version(con: duckdb.DuckDBPyConnection) -> int:
     return int(rows[0][0]) if rows else 0
 
 
-@contextlib.contextmanager
-def _staging(target: Path) -> Iterator[tuple[duckdb.DuckDBPyConnection, int]]:
-    """A private in-memory database with the schema and a copy of the tables an import is checked against,
-    taken in one short read of ``target`` (none if it does not exist yet); yields it and the data version
-    the copy was taken at."""
-    stage = duckdb.connect()
+#: A database holding no data and at most this large is copied whole for a load (see :func:`_swap`).
+WHOLE_COPY_MAX_BYTES = 64 * 1024 * 1024
+#: DuckDB's memory limit while a whole copy is loaded: beyond it, work spills to a folder beside the copy
+#: (a 500,000-patient first load then stays within about 2 GB).
+STAGE_MEMORY_LIMIT = "1500MB"
+
+
+class _Stage:
+    """Where a load is checked: ``con``, the data version its copy was taken at, and ``copy``: the path of a
+    whole copy of the database file (the first load), or None (an in-memory copy of the checked tables)."""
+
+    def __init__(self, target: Path, con: duckdb.DuckDBPyConnection, version: int) -> None:
+        self.target = target
+        self.con = con
+        self.version = version
+        self.copy: Path | None = None
+        self.stamp: tuple[int, int, int] | None = None
+
+    def publish(self, result: LoadResult) -> None:
+        if self.copy is None:
+            _publish(self.con, self.target, self.version, result)
+        else:
+            _swap(self)
+
+
+def _file_stamp(path: Path) -> tuple[int, int, int] | None:
+    """The file's identity and last change (inode, size, modification time), None if it has a write-ahead
+    log (a write that is not yet in the file itself)."""
+    if Path(str(path) + ".wal").exists():
+        return None
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _remove_copy(path: Path) -> None:
+    for leftover in (path, Path(str(path) + ".wal")):
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()
+    shutil.rmtree(Path(str(path) + ".tmp"), ignore_errors=True)  # DuckDB's spill folder, if it made one
+
+
+def _whole_copy(target: Path) -> tuple[Path, tuple[int, int, int], int] | None:
+    """A copy of a database that holds no data yet, beside it (same folder, so that it can take the
+    database's place in one rename), taken while no one writes to it: (copy, stamp, data version). None if
+    the database holds data, is large, has a write-ahead log, or the folder is not writable."""
+    real = target.resolve()
     try:
-        db.ensure_schema(stage)
+        if real.stat().st_size > WHOLE_COPY_MAX_BYTES:
+            return None
+        with db.reader(target) as live:
+            row = live.execute(
+                "SELECT (SELECT count(*) FROM batches) + (SELECT count(*) FROM patients) "
+                "+ (SELECT count(*) FROM sessions) + (SELECT count(*) FROM scores)"
+            ).fetchone()
+            if not row or row[0]:
+                return None
+            version = _data_version(live)
+            stamp = _file_stamp(real)
+            if stamp is None:
+                return None
+            copy = real.with_name(f".{real.name}.{secrets.token_hex(8)}.loading")
+            try:
+                shutil.copyfile(real, copy)
+                shutil.copymode(real, copy)
+            except OSError:
+                _remove_copy(copy)
+                return None
+        return copy, stamp, version
+    except (OSError, duckdb.Error):
+        return None
+
+
+@contextlib.contextmanager
+def _staging(target: Path, *, whole: bool = False, memory_limit: str | None = None) -> Iterator[_Stage]:
+    """Where an import is checked, taken in one short read of ``target``. ``whole`` (a load that will
+    write) and a database with no data yet: a whole copy of the file (:func:`_whole_copy`). Otherwise a
+    private in-memory database with the schema and a copy of the tables an import is checked against (none
+    if ``target`` does not exist yet). ``memory_limit``: DuckDB's, for a whole copy."""
+    found = _whole_copy(target) if whole and target.exists() else None
+    if found is not None:
+        copy, stamp, version = found
+        try:
+            config = {"memory_limit": memory_limit} if memory_limit else {}
+            stage = _Stage(target, duckdb.connect(str(copy), config=config), version)
+        except BaseException:
+            _remove_copy(copy)
+            raise
+        stage.copy, stage.stamp = copy, stamp
+        try:
+            yield stage
+        finally:
+            with contextlib.suppress(duckdb.Error):
+                stage.con.close()
+            _remove_copy(copy)
+        return
+    con = duckdb.connect()
+    try:
+        db.ensure_schema(con)
         version = 0
         if target.exists():
             with db.reader(target) as live:
@@ -150,12 +249,29 @@ def _staging(target: Path) -> Iterator[tuple[duckdb.DuckDBPyConnection, int]]:
                     copies = {t: cur.sql("SELECT * FROM " + t).to_arrow_table() for t in _SNAPSHOT_TABLES}
             for table, rows in copies.items():
                 if rows.num_rows:
-                    stage.register("kap_copy", rows)
-                    stage.execute("INSERT INTO " + table + " BY NAME SELECT * FROM kap_copy")
-                    stage.unregister("kap_copy")
-        yield stage, version
+                    con.register("kap_copy", rows)
+                    con.execute("INSERT INTO " + table + " BY NAME SELECT * FROM kap_copy")
+                    con.unregister("kap_copy")
+        yield _Stage(target, con, version)
     finally:
-        stage.close()
+        con.close()
+
+
+def _swap(stage: _Stage) -> None:
+    """The whole copy, loaded and committed, takes the database's place, if the database is still exactly
+    as it was copied (same file, not written since); else :class:`_StaleSnapshot` (checked again). Holding
+    the database for writing (this process's readers wait; other processes cannot open it) while the copy
+    is renamed over it: a reader opens either the old file or the new one, never a mix."""
+    assert stage.copy is not None
+    stage.con.execute("CHECKPOINT")  # every row in the file itself, no write-ahead log left
+    real = stage.target.resolve()
+    with db.session(stage.target) as live:
+        if _data_version(live) != stage.version or _file_stamp(real) != stage.stamp:
+            raise _StaleSnapshot
+        stage.con.close()
+        if Path(str(stage.copy) + ".wal").exists():
+            raise RuntimeError("the loaded copy of the database was not completely written")
+        os.replace(stage.copy, real)
 
 
 def _publish(stage: duckdb.DuckDBPyConnection, target: Path, version: int, result: LoadResult) -> None:
@@ -209,11 +325,14 @@ def load_with_connection(
     new_patients: bool = False,
     fhir_ids_are_pseudonymous: bool = False,
     key: bytes | None = None,
+    private: bool = False,
 ) -> LoadResult:
     """Load into ``con`` itself. ``refresh=False`` skips recomputing the stored outcomes (a staging copy
-    needs none); ``publish``, when given, is called with the result once ``con`` has committed and before
-    any rejects file is written (:func:`load_files` uses it to write a staging copy's new rows into the real
-    database; if it fails, the load has failed)."""
+    needs none); ``publish``, when given, is called with the result once ``con`` has committed and any
+    rejects file is written (:func:`load_files` uses it to write a staging copy's new rows into the real
+    database; if it fails, the load has failed). ``private``: ``con`` is a private copy that is thrown away
+    unless the load succeeds, so no transaction is needed; each file's work tables are then dropped as soon
+    as they are done with (the memory they hold is freed at once, not at the end of a transaction)."""
     if on_error not in ("reject", "quarantine"):
         raise ValueError(f"on_error must be 'reject' or 'quarantine', not {on_error!r}")
     srcs = [SourceFile.of(f) for f in files]
@@ -257,7 +376,8 @@ def load_with_connection(
                     result.files[-1].refused = True
                 else:
                     staged.append(st)
-        con.execute("BEGIN TRANSACTION")
+        if not private:
+            con.execute("BEGIN TRANSACTION")
         file_errors = any(p.severity == "error" for p in result.problems)
         # Identical re-import of a whole file is a no-op, and so is the same file given twice in one call.
         # A converted file gives a part per kind (FHIR), or per scale (wide and REDCap layouts): its identity
@@ -277,20 +397,24 @@ def load_with_connection(
                 st.result.identical_to_batch = int(row[0])
                 st.result.rows_already_present = st.result.rows_read
                 staged.remove(st)
+                if private:
+                    loader._release(st, keep_raw=False)
             elif identity in first_of and st.result.sha256:
                 repeats.append((st, first_of[identity]))
                 staged.remove(st)
+                if private:
+                    loader._release(st, keep_raw=False)
             else:
                 first_of[identity] = st
         staged.sort(key=lambda s: KIND_ORDER.index(s.result.kind or "scores"))
         for st in staged:
             parse = {"patients": loader._parse_patients, "sessions": loader._parse_sessions}
             parse.get(st.result.kind or "scores", loader._parse_scores)(st)
-            if not file_errors:
-                # Insert as we go so later files (scores) see this call's patients and sessions.
-                if on_error == "reject" and loader.has_row_errors():
-                    continue
+            # Insert as we go so later files (scores) see this call's patients and sessions.
+            if not file_errors and not (on_error == "reject" and loader.has_row_errors()):
                 loader._insert(st)
+            if private:  # its rows are checked (and loaded): only a rejects file still needs the raw rows
+                loader._release(st, keep_raw=st.n_bad > 0)
         for repeat, first in repeats:
             repeat.result.identical_to_batch = first.result.batch_id
             repeat.result.rows_already_present = repeat.result.rows_read
@@ -302,7 +426,8 @@ def load_with_connection(
             if refused.refused:  # refused as a whole: every row it has is rejected
                 refused.rows_rejected = refused.rows_read
         if file_errors or (errors and on_error == "reject") or dry_run:
-            con.execute("ROLLBACK")
+            if not private:
+                con.execute("ROLLBACK")
             for st in staged:
                 st.result.rows_rejected = st.n_bad
                 st.result.batch_id = None  # rolled back: no batch was recorded
@@ -312,14 +437,23 @@ def load_with_connection(
         loaded = any(st.result.batch_id is not None for st in staged)
         if loaded and refresh:
             db.bump_data_version(con)
-        con.execute("COMMIT")
-        if loaded and publish is not None:
-            publish(result)
+        if not private:
+            con.execute("COMMIT")
         with_rejects = [st for st in staged if st.n_bad]
-        if with_rejects:
-            target_base = Path(rejects) if rejects else None
+        target_base = Path(rejects) if rejects else None
+        try:
             for st in with_rejects:
                 loader._write_rejects(st, _rejects_target(target_base, st, len(with_rejects)))
+            # Last: publishing may hand ``con`` over (a whole copy takes the database's place).
+            if loaded and publish is not None:
+                publish(result)
+        except BaseException:
+            for st in with_rejects:  # nothing was loaded: no rejects file either
+                if st.result.rejects_path is not None:
+                    with contextlib.suppress(OSError):
+                        st.result.rejects_path.unlink()
+                    st.result.rejects_path = None
+            raise
         result.committed = True
         return result
     except ImportRejected:

@@ -41,7 +41,7 @@ from kapdata.ingest.report import FileResult, LoadResult, Problem
 class _Staged:
     src: SourceFile
     result: FileResult
-    table: str  # parsed rows
+    table: str  # the parsed rows: a view over ``raw`` (``<table>_clean``: the typed rows and ``ok``)
     raw: str
     columns: dict[str, int]  # normalized name -> position (1-based) in raw
     item_numbers: list[int]

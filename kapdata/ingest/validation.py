@@ -37,33 +37,41 @@ from kapdata.ingest.staging import Stager, _Staged
 
 
 class Validator(Stager):
-    def _run_checks(self, st: _Staged, checks: list[Check]) -> None:
+    def _checked_clean(self, st: _Staged, checks: list[Check], typed: str) -> None:
+        """One pass over the parsed rows (the view ``st.table``) makes ``<table>_clean``: each row's typed
+        values (the SELECT list ``typed``) and ``ok``, false where any row rule holds. The per-rule report
+        then runs only over the rows that failed (each rule looks at its own row only, so that finds
+        exactly what running every rule over every row would)."""
         if st.has_kap_error:
             # A row its converter refused is reported for that reason alone (its other cells may be empty).
             checks = [
                 Check(c.column, f"kap_error IS NULL AND ({c.bad})", c.reason, c.value) for c in checks
             ] + [Check("", "kap_error IS NOT NULL", "kap_error", value="NULL")]
-        if not checks:
+        bad = " OR ".join(f"coalesce({c.bad}, false)" for c in checks) if checks else "false"
+        clean = st.table + "_clean"
+        sql = (
+            f"CREATE OR REPLACE TEMP TABLE {clean} AS SELECT row_no, NOT ({bad}) AS ok, {typed} "
+            f"FROM {st.table}"
+        )
+        self.con.execute(sql, {"today": self.today} if "$today" in sql else None)
+        st.clean_ready = True
+        found = self.con.execute(f"SELECT count(*) FROM {clean} WHERE NOT ok").fetchone()
+        if not found or found[0] == 0:
             return
+        failed = st.table + "_bad"
+        self.con.execute(
+            f"CREATE OR REPLACE TEMP TABLE {failed} AS SELECT * FROM {st.table} "
+            f"WHERE row_no IN (SELECT row_no FROM {clean} WHERE NOT ok)"
+        )
         selects = [
             f"SELECT row_no, {_lit(c.column) if c.column else 'NULL'} AS col, "
             f"CAST({c.value or c.column} AS VARCHAR) AS value, "
-            f"{c.reason} AS reason FROM {st.table} WHERE coalesce({c.bad}, false)"
+            f"{c.reason} AS reason FROM {failed} WHERE coalesce({c.bad}, false)"
             for c in checks
         ]
-        sql = " UNION ALL ".join(selects)
-        params = {"today": self.today} if "$today" in sql else None
-        # One scan answers "is anything wrong?"; the per-rule report runs only when something is.
-        probe = (
-            "SELECT count(*) FROM "
-            + st.table
-            + " WHERE "
-            + " OR ".join(f"coalesce({c.bad}, false)" for c in checks)
-        )
-        found = self.con.execute(probe, params).fetchone()
-        if not found or found[0] == 0:
-            return
-        self._record(st, sql, params)
+        report = " UNION ALL ".join(selects)
+        self._record(st, report, {"today": self.today} if "$today" in report else None)
+        self._mark_bad(st)
 
     def _record(self, st: _Staged, select_sql: str, params: object = None) -> None:
         """Store the rows of ``select_sql`` (row_no, column, value, reason) as errors of this file: one
@@ -78,13 +86,11 @@ class Validator(Stager):
         if not st.unmarked:
             return
         st.unmarked = False
-        tables = [st.table, st.table + "_clean"] if st.clean_ready else [st.table]
-        for table in tables:
-            self.con.execute(
-                "UPDATE " + table + " SET ok = false WHERE ok AND row_no IN "
-                "(SELECT row_no FROM row_errors WHERE file_no = ?)",
-                [st.index],
-            )
+        self.con.execute(
+            "UPDATE " + st.table + "_clean SET ok = false WHERE ok AND row_no IN "
+            "(SELECT row_no FROM row_errors WHERE file_no = ?)",
+            [st.index],
+        )
         row = self.con.execute(
             "SELECT count(DISTINCT row_no) FROM row_errors WHERE file_no = ?", [st.index]
         ).fetchone()
@@ -95,15 +101,16 @@ class Validator(Stager):
         ``KO0001``) are one patient typed two ways, or two patients easily mixed up: refused, within the
         file and against the database."""
         fold = _fold_id("patient_id")
+        # Folded once per distinct ID, not once per row (a scores file has many rows per patient).
         probe = self.con.execute(
-            f"SELECT count(*) FROM (SELECT {fold} AS k FROM {st.table} WHERE ok GROUP BY k "
-            "HAVING count(DISTINCT patient_id) > 1)"
+            f"SELECT count(*) FROM (SELECT {fold} AS k FROM "
+            f"(SELECT DISTINCT patient_id FROM {st.table}_clean WHERE ok) GROUP BY k HAVING count(*) > 1)"
         ).fetchone()
         hint = "only by letter case or look-alike characters (O/0, I/L/1): use one spelling for one patient"
         if probe and probe[0]:
             self._record(
                 st,
-                f"""WITH f AS (SELECT row_no, patient_id, {fold} AS k FROM {st.table} WHERE ok),
+                f"""WITH f AS (SELECT row_no, patient_id, {fold} AS k FROM {st.table}_clean WHERE ok),
                 g AS (SELECT k, arg_min(patient_id, row_no) AS first_id, min(row_no) AS first_row
                       FROM f GROUP BY k HAVING count(DISTINCT patient_id) > 1)
                 SELECT f.row_no, 'patient_id', f.patient_id,
@@ -114,12 +121,14 @@ class Validator(Stager):
             self._mark_bad(st)
         self._record(
             st,
-            f"""WITH f AS (SELECT DISTINCT patient_id, {fold} AS k FROM {st.table}
-                       WHERE ok AND patient_id NOT IN (SELECT patient_id FROM patients)),
-            d AS (SELECT {_fold_id("patient_id")} AS k, min(patient_id) AS db_id FROM patients GROUP BY k)
+            f"""WITH ids AS (SELECT DISTINCT patient_id FROM {st.table}_clean WHERE ok),
+            f AS (SELECT patient_id, {fold} AS k FROM ids
+                  WHERE patient_id NOT IN (SELECT patient_id FROM patients)),
+            d AS (SELECT {_fold_id("patient_id")} AS k, min(patient_id) AS db_id FROM patients GROUP BY k),
+            hits AS (SELECT f.patient_id, d.db_id FROM f JOIN d USING (k))
             SELECT t.row_no, 'patient_id', t.patient_id,
-                   'patient_id differs from ' || d.db_id || ', already in the database, ' || {_lit(hint)}
-            FROM {st.table} t JOIN f USING (patient_id) JOIN d USING (k) WHERE t.ok""",
+                   'patient_id differs from ' || hits.db_id || ', already in the database, ' || {_lit(hint)}
+            FROM {st.table}_clean t JOIN hits USING (patient_id) WHERE t.ok""",
         )
         self._mark_bad(st)
 
@@ -135,7 +144,7 @@ class Validator(Stager):
         )
         self._record(
             st,
-            f"""SELECT row_no, 'patient_id', patient_id, {reason} FROM {st.table}
+            f"""SELECT row_no, 'patient_id', patient_id, {reason} FROM {st.table}_clean
             WHERE ok AND patient_id NOT IN (SELECT patient_id FROM patients)
               AND patient_id NOT IN (SELECT patient_id FROM load_patients)""",
         )
@@ -166,8 +175,8 @@ class Validator(Stager):
     def _parse_patients(self, st: _Staged) -> None:
         cols = COLUMNS["patients"]
         self.con.execute(
-            f"""CREATE TEMP TABLE {st.table} AS
-            SELECT *, true AS ok,
+            f"""CREATE OR REPLACE TEMP VIEW {st.table} AS
+            SELECT *,
                    replace(replace(replace(age_band, ' ', ''), '–', '-'), '—', '-') AS age_band__v,
                    {_alias_case("sex", SEX_ALIASES)} AS sex__v,
                    CASE WHEN upper(primary_condition) IN ('PTSD', 'MDD', 'GAD') THEN upper(primary_condition)
@@ -197,16 +206,12 @@ class Validator(Stager):
             ]
             + _identifier_value_checks()
         )
-        self._run_checks(st, checks)
-        self._mark_bad(st)
-        self._lookalike_ids(st)
-        self.con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE {st.table}_clean AS
-            SELECT row_no, ok, patient_id, clinic, provider, age_band__v AS age_band, sex__v AS sex,
-                   condition__v AS primary_condition, route__v AS route
-            FROM {st.table}"""
+        typed = (
+            "patient_id, clinic, provider, age_band__v AS age_band, sex__v AS sex, "
+            "condition__v AS primary_condition, route__v AS route"
         )
-        st.clean_ready = True
+        self._checked_clean(st, checks, typed)
+        self._lookalike_ids(st)
         value_cols = ["clinic", "provider", "age_band", "sex", "primary_condition", "route"]
         self._key_conflicts(st, ["patient_id"], value_cols, "patient_id", "patient", None)
         # Against the database: a patient with known attributes that differ is a conflict; a patient
@@ -225,15 +230,15 @@ class Validator(Stager):
         self._mark_bad(st)
         # Patients this load names: its scores and sessions may refer to them (README, "New patients").
         self.con.execute(
-            f"INSERT INTO load_patients SELECT DISTINCT patient_id FROM {st.table} "
+            f"INSERT INTO load_patients SELECT DISTINCT patient_id FROM {st.table}_clean "
             "WHERE patient_id IS NOT NULL"
         )
 
     def _parse_sessions(self, st: _Staged) -> None:
         cols = COLUMNS["sessions"]
         self.con.execute(
-            f"""CREATE TEMP TABLE {st.table} AS
-            SELECT *, true AS ok,
+            f"""CREATE OR REPLACE TEMP VIEW {st.table} AS
+            SELECT *,
                    CAST({_parse_date_sql("session_date")} AS DATE) AS session_date__d,
                    {_alias_case("route", ROUTE_ALIASES)} AS route__v,
                    list_filter(string_split(lower(coalesce(side_effects, '')), ';'), lambda x: trim(x) <> '')
@@ -255,13 +260,7 @@ class Validator(Stager):
                 _lit("unknown side effect; use ';' between any of " + ", ".join(SIDE_EFFECTS)),
             )
         )
-        self._run_checks(st, checks)
-        self._mark_bad(st)
-        self._lookalike_ids(st)
-        self._unknown_patients(st)
-        self.con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE {st.table}_clean AS
-            SELECT row_no, ok, patient_id, session_date__d AS session_date, route__v AS route,
+        typed = f"""patient_id, session_date__d AS session_date, route__v AS route,
                    {_num("dose_mg")} AS dose_mg,
                    {_num("dose_mg_per_kg")} AS dose_mg_per_kg,
                    try_cast({_whole("bp_sys_pre")} AS SMALLINT) AS bp_sys_pre,
@@ -270,10 +269,10 @@ class Validator(Stager):
                    try_cast({_whole("bp_dia_post")} AS SMALLINT) AS bp_dia_post,
                    try_cast({_whole("dissociation")} AS SMALLINT) AS dissociation,
                    nullif(array_to_string(list_transform(side_effects__l, lambda x: trim(x)), ';'), '')
-                       AS side_effects
-            FROM {st.table}"""
-        )
-        st.clean_ready = True
+                       AS side_effects"""
+        self._checked_clean(st, checks, typed)
+        self._lookalike_ids(st)
+        self._unknown_patients(st)
         value_cols = list(COLUMNS["sessions"][2:])  # everything but the key
         keys = ["patient_id", "session_date"]
         self._key_conflicts(
@@ -298,8 +297,9 @@ class Validator(Stager):
                 ).fetchall()
                 if r[0] is not None
             ]
+        keys_table = f"inst_keys_{int(st.index)}"  # the view below reads it: one per file
         self.con.execute(
-            "CREATE OR REPLACE TEMP TABLE inst_keys "
+            "CREATE OR REPLACE TEMP TABLE " + keys_table + " "
             "(spelling VARCHAR, code VARCHAR, n INTEGER, lo INTEGER, hi INTEGER)"
         )
         rows = []
@@ -308,7 +308,7 @@ class Validator(Stager):
             if inst is not None:
                 rows.append([spelling, inst.code, inst.n_items, inst.item_min, inst.item_max])
         if rows:
-            self.con.executemany("INSERT INTO inst_keys VALUES (?, ?, ?, ?, ?)", rows)
+            self.con.executemany("INSERT INTO " + keys_table + " VALUES (?, ?, ?, ?, ?)", rows)
         # Each item's text is cast to a number once (inner query), then checked for being whole.
         item_float = "".join(f", {_num(f'item_{n}')} AS item_{n}__f" for n in items)
         item_parsed = "".join(
@@ -335,17 +335,17 @@ class Validator(Stager):
         else:
             prorate, prorate_end = "", ""
         self.con.execute(
-            f"""CREATE TEMP TABLE {st.table} AS {prorate}
+            f"""CREATE OR REPLACE TEMP VIEW {st.table} AS {prorate}
             SELECT *, CAST(assessed_on__ts AS DATE) AS assessed_on__d {item_totals}
             FROM (
-                SELECT s.*, true AS ok, k.code AS instrument__v, k.n AS n_items, k.lo AS item_lo,
+                SELECT s.*, k.code AS instrument__v, k.n AS n_items, k.lo AS item_lo,
                        k.hi AS item_hi, k.n * k.lo AS total_lo, k.n * k.hi AS total_hi,
                        {_parse_date_sql("assessed_on")} AS assessed_on__ts,
                        {_whole("total")} AS total__n,
                        {_alias_case("phase", PHASE_ALIASES)} AS phase__v
                        {item_parsed}
                 FROM (SELECT *{item_float} FROM (SELECT {self._select_text(st, cols)} FROM {st.raw})) s
-                LEFT JOIN inst_keys k ON k.spelling = s.instrument){prorate_end}"""
+                LEFT JOIN {keys_table} k ON k.spelling = s.instrument){prorate_end}"""
         )
         known = ", ".join(i.code for i in reg.INSTRUMENTS)
         checks = _common_checks() + [
@@ -439,10 +439,6 @@ class Validator(Stager):
             ]
         else:
             checks.append(Check("total", "total IS NULL", _lit("a score needs a total or its item answers")))
-        self._run_checks(st, checks)
-        self._mark_bad(st)
-        self._lookalike_ids(st)
-        self._unknown_patients(st)
         if items:
             # Every position up to the longest scale, NULL where the file has no such column, so a prorated
             # row keeps each answer at its item number (and NULL where it was not answered).
@@ -463,14 +459,12 @@ class Validator(Stager):
             total_expr = "total__n"
             items_expr = "CAST(NULL AS SMALLINT[])"
             prorated_expr = "false"
-        self.con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE {st.table}_clean AS
-            SELECT row_no, ok, patient_id, instrument__v AS instrument, assessed_on__d AS assessed_on,
+        typed = f"""patient_id, instrument__v AS instrument, assessed_on__d AS assessed_on,
                    assessed_on__ts AS assessed_at, try_cast({total_expr} AS SMALLINT) AS total,
-                   {items_expr} AS items, phase__v AS phase, {prorated_expr} AS prorated
-            FROM {st.table}"""
-        )
-        st.clean_ready = True
+                   {items_expr} AS items, phase__v AS phase, {prorated_expr} AS prorated"""
+        self._checked_clean(st, checks, typed)
+        self._lookalike_ids(st)
+        self._unknown_patients(st)
         keys = ["patient_id", "instrument", "assessed_at"]
         what = "score for the same patient, instrument and time"
         # IS DISTINCT FROM on items: NULL answers at the same positions are equal (a re-import is a no-op).
@@ -509,11 +503,19 @@ class Validator(Stager):
         or with a row already in ``table``. Identical rows are not conflicts (a re-import is a no-op)."""
         key = ", ".join(keys)
         if table is None:
+            # First by a hash of the key (a small, fast grouping): no hash twice, no key twice. Only
+            # if one is (a duplicate, or rarely two keys with one hash) are the keys themselves grouped.
             probe_sql = (
                 f"SELECT count(*) FROM (SELECT 1 FROM {st.table}_clean WHERE ok "
-                f"GROUP BY {key} HAVING count(*) > 1)"
+                f"GROUP BY hash({key}) HAVING count(*) > 1)"
             )
             probe = self.con.execute(probe_sql).fetchone()
+            if probe and probe[0]:
+                probe_sql = (
+                    f"SELECT count(*) FROM (SELECT 1 FROM {st.table}_clean WHERE ok "
+                    f"GROUP BY {key} HAVING count(*) > 1)"
+                )
+                probe = self.con.execute(probe_sql).fetchone()
             st.has_duplicate_keys = bool(probe and probe[0])
             if not st.has_duplicate_keys:
                 return
@@ -521,21 +523,27 @@ class Validator(Stager):
             sql = f"""WITH g AS (
                 SELECT {key}, list(row_no ORDER BY row_no) AS rows FROM {st.table}_clean
                 WHERE ok GROUP BY {key} HAVING count(DISTINCT ({vals})) > 1)
-            SELECT c.row_no, p.{column},
+            SELECT c.row_no,
                    {_lit("duplicate " + what + " with different values; see row(s) ")}
                    || array_to_string(list_slice(list_filter(g.rows, lambda r: r <> c.row_no), 1, 10), ', ')
                    || CASE WHEN len(g.rows) > 11 THEN ' and ' || (len(g.rows) - 11) || ' more' ELSE '' END
-            FROM {st.table}_clean c JOIN g USING ({key}) JOIN {st.table} p ON p.row_no = c.row_no
+            FROM {st.table}_clean c JOIN g USING ({key})
             WHERE c.ok"""
         else:
             differs = " OR ".join(f"c.{v} IS DISTINCT FROM t.{v}" for v in values)
-            sql = f"""SELECT c.row_no, p.{column},
+            sql = f"""SELECT c.row_no,
                    {_lit("a " + what + " is already in the database (batch ")} || t.batch_id
                    || ') with different values; undo that batch first to replace it'
-            FROM {st.table}_clean c JOIN {table} t USING ({key}) JOIN {st.table} p ON p.row_no = c.row_no
+            FROM {st.table}_clean c JOIN {table} t USING ({key})
             WHERE c.ok AND ({differs})"""
+        # The conflicting rows first (few, usually none), then the value each shows in the file.
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE key_conflicts AS {sql}")
+        found = self.con.execute("SELECT count(*) FROM key_conflicts").fetchone()
+        if not found or found[0] == 0:
+            return
         self._record(
             st,
-            f"SELECT row_no, {_lit(column)}, CAST(v AS VARCHAR), reason FROM ({sql}) AS x(row_no, v, reason)",
+            f"""SELECT k.row_no, {_lit(column)}, CAST(p.{column} AS VARCHAR), k.reason
+            FROM key_conflicts AS k(row_no, reason) JOIN {st.table} p ON p.row_no = k.row_no""",
         )
         self._mark_bad(st)
