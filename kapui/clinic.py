@@ -4,15 +4,18 @@ every chart's numbers as CSV).
 
 The report is one query batch on a short-lived read-only connection, cached on ``(path, data_version,
 filter, scales, endpoint, breakdown, weekly)``; it holds both populations, so the completers / ITT toggle
-redraws from the cache.
+redraws from the cache. Everything drawn from it (each table as shown, each figure) is built once per report
+and population (:class:`View`, shared by every rerun and session with the same key, which holds the data
+version and the signed-in person's scope) and never modified after, so a rerun only sends the page.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -25,26 +28,12 @@ from kapdata.charts import cohort as figs
 from kapdata.charts import html as chart_html
 from kapdata.cohort import CohortFilter
 
+if TYPE_CHECKING:
+    from pandas.io.formats.style import Styler
+
 WARN = "⚠"
 SMALL_STYLE = "background-color: #fff3cd"
 PLOTLY_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
-
-
-def report(
-    path: str,
-    version: tuple[int, int],
-    filt: CohortFilter,
-    scales: tuple[str, ...],
-    endpoint: str,
-    breakdown: str | None,
-    weekly: bool,
-) -> cohort.CohortReport:
-    """The clinic report of the signed-in person's clinics (the scope is applied in the cohort SQL)."""
-    from kapui import auth
-
-    who = auth.principal()
-    who.require("cohort.view", "see clinic outcomes")
-    return _report(path, version, access.scoped(who, filt), scales, endpoint, breakdown, weekly)
 
 
 @st.cache_data(show_spinner="Computing the cohort's outcomes…", max_entries=32)
@@ -59,6 +48,66 @@ def _report(
 ) -> cohort.CohortReport:
     with db.reader(path) as con:
         return cohort.report(con, filt, scales, endpoint=endpoint, breakdown=breakdown, weekly=weekly)
+
+
+T = TypeVar("T")
+
+
+class View:
+    """One report and what the page draws from it, each part (a table as shown, a figure) built on first
+    use and then shared: by the reruns of a session and by every session with the same key. Nothing here is
+    modified after it is built (the page and Streamlit only read it)."""
+
+    def __init__(self, rep: cohort.CohortReport) -> None:
+        self.rep = rep
+        self._parts: dict[Hashable, Any] = {}
+        self._lock = threading.Lock()
+
+    def part(self, key: Hashable, build: Callable[[], T]) -> T:
+        """The part named ``key`` (which must name every choice ``build`` depends on beyond the report's
+        own: population, trajectory axis …), built by ``build`` the first time."""
+        if key in self._parts:
+            return self._parts[key]  # type: ignore[no-any-return]
+        value = build()
+        with self._lock:
+            return self._parts.setdefault(key, value)  # type: ignore[no-any-return]
+
+
+def view(
+    path: str,
+    version: tuple[int, int],
+    filt: CohortFilter,
+    scales: tuple[str, ...],
+    endpoint: str,
+    breakdown: str | None,
+    weekly: bool,
+) -> View:
+    """The page's view of the signed-in person's clinics: keyed on the data version and the scoped filter,
+    so a director of one clinic never gets another's figures, and a new import, an undo or a settings change
+    (a new data version; :func:`kapui.data.clear_caches` drops every view too) shows new numbers."""
+    from kapui import auth
+
+    who = auth.principal()
+    who.require("cohort.view", "see clinic outcomes")
+    return _view(path, version, access.scoped(who, filt), scales, endpoint, breakdown, weekly)
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _view(
+    path: str,
+    version: tuple[int, int],
+    filt: CohortFilter,
+    scales: tuple[str, ...],
+    endpoint: str,
+    breakdown: str | None,
+    weekly: bool,
+) -> View:
+    return View(_report(path, version, filt, scales, endpoint, breakdown, weekly))
+
+
+def clear_views() -> None:
+    """Drop every cached view (after a write; the data version in the key changes too)."""
+    _view.clear()
 
 
 @dataclass(frozen=True)
@@ -182,10 +231,15 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 
 
+def _csv(data: pd.DataFrame) -> Callable[[], bytes]:
+    return lambda: csvsafe.to_csv_bytes(data)
+
+
 def csv_button(data: pd.DataFrame, name: str, *, label: str = "Download table (CSV)") -> None:
+    """The numbers as CSV, written when the button is clicked (not on every rerun)."""
     st.download_button(
         label,
-        csvsafe.to_csv_bytes(data),
+        _csv(data),
         file_name=f"{_slug(name)}.csv",
         mime="text/csv",
         key=f"csv_{_slug(name)}",
@@ -198,20 +252,31 @@ def table(display: pd.DataFrame, data: pd.DataFrame, name: str, *, all_rows: boo
     """A table as shown (cells from fewer than min_cell patients shaded) and its numbers as CSV.
     ``all_rows``: tall enough to show every row without scrolling."""
     height: int | str = 38 + 35 * len(display) if all_rows else "auto"
-    st.dataframe(display.style.map(mark_small), hide_index=True, width="stretch", height=height)
+    st.dataframe(styled(display), hide_index=True, width="stretch", height=height)
     csv_button(data, name)
+
+
+def styled(display: pd.DataFrame) -> pd.DataFrame | Styler:
+    """The table with its cells from fewer than min_cell patients shaded: a pandas Styler only when there is
+    such a cell (a Styler costs far more to send than the plain table, which then looks the same)."""
+    small = any(isinstance(v, str) and v.endswith(WARN) for col in display.columns for v in display[col])
+    return display.style.map(mark_small) if small else display
 
 
 def _html(fig: go.Figure, title: str) -> Callable[[], str]:
     return lambda: chart_html.figure_document(fig, title)
 
 
-def chart(fig: go.Figure, name: str, data: pd.DataFrame | None = None) -> None:
-    """A figure (PNG from its toolbar's camera), a self-contained HTML copy, and its numbers as CSV."""
+def chart(fig: go.Figure, name: str, data: pd.DataFrame | None = None, *, key: str | None = None) -> None:
+    """A figure (PNG from its toolbar's camera), a self-contained HTML copy, and its numbers as CSV.
+
+    ``name`` names the files (with the population); ``key`` (default ``name``) names the chart on the page:
+    the same key for both populations, so the completers / ITT switch updates the drawn chart in place
+    instead of drawing a new one."""
     config = PLOTLY_CONFIG | {
         "toImageButtonOptions": PLOTLY_CONFIG["toImageButtonOptions"] | {"filename": _slug(name)}
     }
-    st.plotly_chart(fig, width="stretch", config=config, key=f"fig_{_slug(name)}")
+    st.plotly_chart(fig, width="stretch", config=config, key=f"fig_{_slug(key or name)}")
     row = st.container(horizontal=True)
     row.download_button(
         "Chart (HTML)",
@@ -229,17 +294,89 @@ def chart(fig: go.Figure, name: str, data: pd.DataFrame | None = None) -> None:
             csv_button(data, name, label="Chart data (CSV)")
 
 
+# --- the page's parts, built once per view -----------------------------------------------------------------
+
+
+def headline(v: View, population: str) -> pd.DataFrame:
+    return v.part(("headline", population), lambda: cohort.headline(v.rep, population))
+
+
+def phase_parts(v: View, population: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The phase table's numbers (for its CSV) and its two parts as shown (:func:`phase_display`)."""
+
+    def build() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        frame = cohort.phase_table(v.rep, population)
+        scores, change = phase_display(frame)
+        return frame.assign(population=population), scores, change
+
+    return v.part(("phase table", population), build)
+
+
+def trajectory_parts(
+    v: View, population: str, axis: str, scales: tuple[str, ...], group_label: str | None
+) -> tuple[pd.DataFrame, go.Figure]:
+    def build() -> tuple[pd.DataFrame, go.Figure]:
+        frame = cohort.trajectory(v.rep, population, axis)
+        return frame, figs.trajectory(frame, by=axis, scales=scales, group_label=group_label)
+
+    return v.part(("trajectory", population, axis, scales, group_label), build)
+
+
+def shift_parts(
+    v: View, population: str, scales: tuple[str, ...], endpoint_label: str
+) -> tuple[pd.DataFrame, go.Figure]:
+    def build() -> tuple[pd.DataFrame, go.Figure]:
+        frame = cohort.shift_table(v.rep, population)
+        return frame, figs.severity_shift(frame, scales=scales, endpoint_label=endpoint_label)
+
+    return v.part(("severity shift", population, scales, endpoint_label), build)
+
+
+def waterfall_parts(
+    v: View, population: str, scales: tuple[str, ...], endpoint_label: str
+) -> tuple[pd.DataFrame, go.Figure]:
+    def build() -> tuple[pd.DataFrame, go.Figure]:
+        rep = v.rep
+        frame = rep.waterfall[rep.waterfall["population"] == population]
+        fig = figs.waterfall(frame, scales=scales, thresholds=rep.thresholds, endpoint_label=endpoint_label)
+        return frame, fig
+
+    return v.part(("waterfall", population, scales, endpoint_label), build)
+
+
+def funnel_parts(v: View) -> tuple[go.Figure, pd.DataFrame, str]:
+    """The retention figure, its table as shown and its caption (the same for both populations)."""
+    funnel = v.rep.funnel
+    return v.part("funnel", lambda: (figs.funnel(funnel), funnel_display(funnel), funnel_caption(funnel)))
+
+
+def breakdown_parts(
+    v: View, population: str, scales: tuple[str, ...], group_label: str, endpoint_label: str
+) -> tuple[pd.DataFrame, go.Figure, pd.DataFrame]:
+    """The breakdown's numbers, figure and table as shown."""
+
+    def build() -> tuple[pd.DataFrame, go.Figure, pd.DataFrame]:
+        groups = cohort.breakdown_table(v.rep, population)
+        fig = figs.breakdown(groups, scales=scales, group_label=group_label, endpoint_label=endpoint_label)
+        first = {"instrument": "Scale", "group": group_label or "Group", "n": "n"}
+        shown = rates_display(groups, {"response": "Response", "remission": "Remission"}, first)
+        return groups.assign(population=population, dimension=v.rep.breakdown), fig, shown
+
+    return v.part(("breakdown", population, scales, group_label, endpoint_label), build)
+
+
 # --- sections ----------------------------------------------------------------------------------------------
 
 
-def headline_cards(rep: cohort.CohortReport, head: pd.DataFrame, population: str) -> None:
+def headline_cards(v: View, head: pd.DataFrame, population: str) -> None:
     """One card per scale: response and remission at the endpoint with n and the 95% interval, who was left
     out of remission (baseline below the clinical range) and, for ITT, who is not yet due; then the joint
     NHS Talking Therapies recovery when both of its scales are chosen."""
     if head.empty:
         st.info("No patient in this cohort has a baseline on the chosen scales.")
         return
-    out = cohort.left_out(rep)
+    rep = v.rep
+    out = v.part("left out", lambda: cohort.left_out(rep))
     for col, (_, row) in zip(st.columns(len(head)), head.iterrows(), strict=True):
         t = rep.thresholds[row["instrument"]]
         counts = out.get(row["instrument"], {"itt_not_yet_due": 0})
@@ -269,7 +406,7 @@ def headline_cards(rep: cohort.CohortReport, head: pd.DataFrame, population: str
                 notes.append(f"{counts['itt_not_yet_due']:,} who dosed are not yet due for this endpoint.")
             if notes:
                 st.caption(" ".join(notes))
-    joint = cohort.joint_rate(rep, population)
+    joint = v.part(("joint", population), lambda: cohort.joint_rate(rep, population))
     if joint is not None:
         codes = " and ".join(reg.JOINT_RECOVERY_SCALES)
         cutoffs = ", ".join(f"{c} ≥ {rep.thresholds[c]['caseness']}" for c in reg.JOINT_RECOVERY_SCALES)
@@ -309,39 +446,58 @@ def funnel_caption(funnel: pd.DataFrame) -> str:
     )
 
 
-def safety_section(rep: cohort.CohortReport, ctl: Controls) -> None:
+@dataclass(frozen=True)
+class Safety:
+    """The safety section's tables (numbers and as shown) and the side-effects figure, for one population."""
+
+    items: pd.DataFrame
+    items_shown: pd.DataFrame
+    deterioration: pd.DataFrame
+    deterioration_shown: pd.DataFrame
+    blood_pressure: pd.DataFrame
+    blood_pressure_shown: pd.DataFrame
+    side_effects: pd.DataFrame
+    side_effects_fig: go.Figure
+    dissociation: str
+
+
+def _safety(rep: cohort.CohortReport, population: str) -> Safety:
+    safe = cohort.safety_tables(rep, population)
+    items, det, bp, fx = safe["items"], safe["deterioration"], safe["blood_pressure"], safe["side_effects"]
+    return Safety(
+        items,
+        rates_display(items, {"rate": "Patients endorsing"}, {"instrument": "Scale", "timepoint": "At"}),
+        det,
+        rates_display(det, {"reliable_deterioration": "Reliable deterioration"}, {"instrument": "Scale"}),
+        bp,
+        rates_display(bp, {"rate": "Share"}, {"measure": "Measure"}),
+        fx,
+        figs.side_effects(fx),
+        dissociation_text(rep.sessions),
+    )
+
+
+def safety_section(v: View, ctl: Controls) -> None:
     """Self-harm item, reliable deterioration and blood pressure (left); side effects (right)."""
-    safe = cohort.safety_tables(rep, ctl.population)
+    safe = v.part(("safety", ctl.population), lambda: _safety(v.rep, ctl.population))
     left, right = st.columns(2)
     with left:
         st.markdown(f"**{defs.SAFETY_ITEM_TEXT}**")
         st.caption("Only questionnaires that answered item 9 count, either way.")
-        items = safe["items"]
-        shown = rates_display(
-            items, {"rate": "Patients endorsing"}, {"instrument": "Scale", "timepoint": "At"}
-        )
-        table(shown, items, f"safety items {ctl.population}")
+        table(safe.items_shown, safe.items, f"safety items {ctl.population}")
         st.markdown(f"**Reliable deterioration at {ctl.endpoint_label.lower()}**")
-        det = safe["deterioration"]
-        names = {"reliable_deterioration": "Reliable deterioration"}
-        table(
-            rates_display(det, names, {"instrument": "Scale"}),
-            det,
-            f"reliable deterioration {ctl.population}",
-        )
-        s = rep.sessions
+        table(safe.deterioration_shown, safe.deterioration, f"reliable deterioration {ctl.population}")
+        s = v.rep.sessions
         sys_bp, dia_bp = s.get("bp_sys_threshold") or 0, s.get("bp_dia_threshold") or 0
         st.markdown(
             f"**Blood pressure above {sys_bp:.0f}/{dia_bp:.0f} mmHg** (before or after a dose)",
             help=defs.BP_SOURCE,
         )
-        bp = safe["blood_pressure"]
-        table(rates_display(bp, {"rate": "Share"}, {"measure": "Measure"}), bp, "blood pressure")
+        table(safe.blood_pressure_shown, safe.blood_pressure, "blood pressure")
         st.markdown("**Dissociation during dosing (CADSS-6, 0–24)**", help=defs.DISSOCIATION_TEXT)
-        st.caption(dissociation_text(s))
+        st.caption(safe.dissociation)
     with right:
-        fx = safe["side_effects"]
-        chart(figs.side_effects(fx), "side effects", fx)
+        chart(safe.side_effects_fig, "side effects", safe.side_effects)
 
 
 def dissociation_text(s: dict[str, Any]) -> str:
@@ -358,12 +514,16 @@ def dissociation_text(s: dict[str, Any]) -> str:
     )
 
 
-def published_section(head: pd.DataFrame, published: pd.DataFrame, ctl: Controls) -> None:
-    """The comparison chart, a compact table and the full citations."""
-    fig = figs.published_comparison(
-        head, published, population_label=ctl.population_label, endpoint_label=ctl.endpoint_label
+def published_section(v: View, head: pd.DataFrame, published: pd.DataFrame, ctl: Controls) -> None:
+    """The comparison chart, a compact table and the full citations (``published``: the registry's results
+    for the view's scales, so they are part of its key)."""
+    fig = v.part(
+        ("published comparison", ctl.population, ctl.population_label, ctl.endpoint_label),
+        lambda: figs.published_comparison(
+            head, published, population_label=ctl.population_label, endpoint_label=ctl.endpoint_label
+        ),
     )
-    chart(fig, f"published comparison {ctl.population}")
+    chart(fig, f"published comparison {ctl.population}", key="published comparison")
     shown = pd.DataFrame(
         {
             "Study": published["study"],

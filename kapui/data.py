@@ -48,8 +48,12 @@ class Upload(Protocol):
 
 
 def clear_caches() -> None:
-    """Every page's cached numbers are stale after a write: drop them all."""
+    """Every page's cached numbers are stale after a write: drop them all (and clinic outcomes' shared
+    views of them)."""
+    from kapui import clinic
+
     st.cache_data.clear()
+    clinic.clear_views()
 
 
 def max_upload_mb() -> int:

@@ -4,7 +4,6 @@ import streamlit as st
 
 import kapui
 from kapdata import benchmarks, cohort
-from kapdata.charts import cohort as figs
 from kapui import clinic
 
 path = kapui.initialise()
@@ -16,9 +15,10 @@ if not ctl.scales:
     st.info("Choose at least one scale.")
     st.stop()
 axis = st.session_state.get("co_axis", "phase")
-rep = clinic.report(
+view = clinic.view(
     path, kapui.data_version(path), filt, ctl.scales, ctl.endpoint, ctl.breakdown, axis == "week"
 )
+rep = view.rep
 pop, end, who = ctl.population, ctl.endpoint_label, ctl.population_label.lower()
 st.info(
     f"**{cohort.POPULATION_HELP[pop]}** Every outcome figure on this page is for "
@@ -28,17 +28,17 @@ st.info(
 )
 
 # Headline
-tiles = rep.tiles()
+tiles = view.part("tiles", rep.tiles)
 c = st.columns(5)
-helps = dict(zip(rep.funnel["stage"], rep.funnel["help"], strict=True))
+helps = view.part("helps", lambda: dict(zip(rep.funnel["stage"], rep.funnel["help"], strict=True)))
 c[0].metric("Patients in cohort", f"{tiles['enrolled']:,}", help=helps["enrolled"])
 c[1].metric("Started dosing", f"{tiles['first_dose']:,}", help=helps["first_dose"])
 c[2].metric("Finished dosing", f"{tiles['dosing_complete']:,}", help=helps["dosing_complete"])
 c[3].metric("Reached integration", f"{tiles['integration']:,}", help=helps["integration"])
 c[4].metric("Reached follow-up", f"{tiles['follow_up']:,}", help=helps["follow_up"])
 st.subheader(f"Response and remission at {end.lower()} · {who}")
-head = cohort.headline(rep, pop)
-clinic.headline_cards(rep, head, pop)
+head = clinic.headline(view, pop)
+clinic.headline_cards(view, head, pop)
 
 # Phase table
 st.subheader(f"Outcomes by phase · {who}")
@@ -48,10 +48,9 @@ st.caption(
     "recovery count only patients who started in the clinical range (as NHS Talking Therapies); response "
     "needs a baseline above 0."
 )
-table = cohort.phase_table(rep, pop)
-scores, change = clinic.phase_display(table)
-st.dataframe(scores.style.map(clinic.mark_small), hide_index=True, height=38 + 35 * len(scores))
-clinic.table(change, table.assign(population=pop), f"phase table {pop}", all_rows=True)
+table, scores, change = clinic.phase_parts(view, pop)
+st.dataframe(clinic.styled(scores), hide_index=True, height=38 + 35 * len(scores))
+clinic.table(change, table, f"phase table {pop}", all_rows=True)
 
 # Trajectory
 st.subheader(f"Mean trajectory · {who}")
@@ -63,10 +62,9 @@ st.radio(
     key="co_axis",
     label_visibility="collapsed",
 )
-traj = cohort.trajectory(rep, pop, axis)
 group_label = cohort.DIMENSION_LABELS[ctl.breakdown] if ctl.breakdown else None
-fig = figs.trajectory(traj, by=axis, scales=ctl.scales, group_label=group_label)
-clinic.chart(fig, f"trajectory by {axis} {pop}", traj)
+traj, fig = clinic.trajectory_parts(view, pop, axis, ctl.scales, group_label)
+clinic.chart(fig, f"trajectory by {axis} {pop}", traj, key="trajectory")
 if axis == "week":
     st.caption(
         "Completers: the scores seen each week. Intention-to-treat: each patient's last score carried "
@@ -75,38 +73,33 @@ if axis == "week":
 
 # Severity shift and waterfall
 st.subheader(f"Severity shift and change per patient · {who}")
-shift = cohort.shift_table(rep, pop)
-clinic.chart(
-    figs.severity_shift(shift, scales=ctl.scales, endpoint_label=end), f"severity shift {pop}", shift
-)
-fall = rep.waterfall[rep.waterfall["population"] == pop]
-fig = figs.waterfall(fall, scales=ctl.scales, thresholds=rep.thresholds, endpoint_label=end)
-clinic.chart(fig, f"waterfall {pop}", fall)
+shift, fig = clinic.shift_parts(view, pop, ctl.scales, end)
+clinic.chart(fig, f"severity shift {pop}", shift, key="severity shift")
+fall, fig = clinic.waterfall_parts(view, pop, ctl.scales, end)
+clinic.chart(fig, f"waterfall {pop}", fall, key="waterfall")
 
 # Retention
 st.subheader("Retention through the phases")
+fig, shown, caption = clinic.funnel_parts(view)
 left, right = st.columns(2)
 with left:
-    clinic.chart(figs.funnel(rep.funnel), "retention funnel")
+    clinic.chart(fig, "retention funnel")
 with right:
-    clinic.table(clinic.funnel_display(rep.funnel), rep.funnel, "retention")
-    st.caption(clinic.funnel_caption(rep.funnel))
+    clinic.table(shown, rep.funnel, "retention")
+    st.caption(caption)
 
 # Breakdown
 st.subheader(f"Breakdown · {who}")
 if ctl.breakdown is None:
     st.caption("Choose a breakdown above (clinic, provider, route or condition) to compare groups.")
 else:
-    groups = cohort.breakdown_table(rep, pop)
-    fig = figs.breakdown(groups, scales=ctl.scales, group_label=group_label or "", endpoint_label=end)
-    clinic.chart(fig, f"breakdown {ctl.breakdown} {pop}")
-    first = {"instrument": "Scale", "group": group_label or "Group", "n": "n"}
-    shown = clinic.rates_display(groups, {"response": "Response", "remission": "Remission"}, first)
-    clinic.table(shown, groups.assign(population=pop, dimension=ctl.breakdown), f"breakdown {ctl.breakdown}")
+    groups, fig, shown = clinic.breakdown_parts(view, pop, ctl.scales, group_label or "", end)
+    clinic.chart(fig, f"breakdown {ctl.breakdown} {pop}", key="breakdown")
+    clinic.table(shown, groups, f"breakdown {ctl.breakdown}")
 
 # Safety
 st.subheader(f"Safety · {who}")
-clinic.safety_section(rep, ctl)
+clinic.safety_section(view, ctl)
 
 # Published results, beside (never inside) the clinic's figures
 st.subheader("Published results beside this cohort")
@@ -119,4 +112,4 @@ published = benchmarks.published(ctl.scales)
 if published.empty:
     st.caption("No published results for the chosen scales.")
 else:
-    clinic.published_section(head, published, ctl)
+    clinic.published_section(view, head, published, ctl)

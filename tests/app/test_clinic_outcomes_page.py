@@ -135,3 +135,150 @@ def test_cards_say_who_is_left_out_and_show_the_joint_nhs_recovery(app_env: Path
         assert any("not yet due for this endpoint" in c.value for c in at.caption)
     funnel_tables = [d.value for d in at.dataframe if "Not yet due" in getattr(d.value, "columns", [])]
     assert funnel_tables, "the retention table has a Not yet due column"
+
+
+# --- the cached views: a new data version, a write, the signed-in person's scope ---------------------------
+
+
+def waterfall_spec(at: AppTest) -> str:
+    specs = [
+        c.proto.spec for c in at.get("plotly_chart") if "Change from baseline per patient" in c.proto.spec
+    ]
+    assert len(specs) == 1
+    return specs[0]
+
+
+def waterfall_counts(rep: cohort.CohortReport, population: str = "completers") -> list[str]:
+    fall = rep.waterfall[rep.waterfall["population"] == population]
+    return [f"{int(n):,} patients" for n in fall.groupby("instrument", sort=False)["patients"].sum()]
+
+
+def test_a_new_import_an_undo_and_a_settings_change_show_new_numbers_at_once(
+    app_db: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """The page's figures and tables are cached per data version: every write shows on the next rerun of
+    the same session, whether it came through the app or not (here: the command line's functions)."""
+    import shutil
+
+    from kapdata import ingest
+    from kapdata import settings as ks
+    from tests.conftest import PATIENTS_HEADER, csv_lines, load, write_text
+
+    path = tmp_path / "kap.duckdb"
+    shutil.copy(app_db, path)
+    monkeypatch.setenv("KAP_DB", str(path))
+    monkeypatch.chdir(ROOT)
+    at = open_page()
+    enrolled = expected(path).tiles()["enrolled"]
+    assert metrics(at, "Patients in cohort") == [f"{enrolled:,}"]
+    first_spec = waterfall_spec(at)
+
+    rows = [(f"NEW{i}", "Northside", "PR1", "25-34", "female", "MDD", "IV") for i in range(3)]
+    result = load(path, write_text(tmp_path / "patients.csv", csv_lines(PATIENTS_HEADER, rows)))
+    at.run()
+    assert not at.exception, at.exception
+    assert metrics(at, "Patients in cohort") == [f"{enrolled + 3:,}"]
+
+    batch = result.files[0].batch_id
+    assert batch is not None
+    ingest.undo_batch(batch, path)
+    at.run()
+    assert metrics(at, "Patients in cohort") == [f"{enrolled:,}"]
+
+    before = metrics(at, "Response")
+    ks.update(path, thresholds={"PHQ-9": {"response_pct": 20}, "GAD-7": {"response_pct": 20}})
+    at.run()
+    assert not at.exception, at.exception
+    rep = expected(path)
+    after = metrics(at, "Response")
+    assert after == shown_rates(rep, "completers", "response") and after != before
+    assert waterfall_spec(at) != first_spec  # the response line (and categories) moved: a new figure
+
+
+def test_clear_caches_drops_the_cached_views(app_env: Path, monkeypatch) -> None:
+    """A write in the app (import, undo, settings) clears the views too, not only the cached queries."""
+    from kapui import clinic
+    from kapui.data import clear_caches
+
+    built: list[int] = []
+
+    class Counting(clinic.View):
+        def __init__(self, rep: cohort.CohortReport) -> None:
+            built.append(1)
+            super().__init__(rep)
+
+    monkeypatch.setattr(clinic, "View", Counting)
+    at = open_page()
+    n = len(built)
+    at.run()
+    assert len(built) == n  # a rerun draws from the cached view
+    clear_caches()
+    at.run()
+    assert not at.exception, at.exception
+    assert len(built) == n + 1
+
+
+def test_two_directors_never_get_each_others_cached_figures(
+    app_db: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Two people's sessions share the server's cache; its key holds the signed-in person's scope."""
+    import datetime as dt
+    import shutil
+
+    from kapdata import accounts
+
+    path = tmp_path / "kap.duckdb"
+    shutil.copy(app_db, path)
+    with db.reader(path) as con:
+        clinics = [r[0] for r in con.execute("SELECT DISTINCT clinic FROM patients ORDER BY 1").fetchall()]
+    assert len(clinics) >= 2
+    for clinic_name in clinics[:2]:
+        accounts.add(
+            path, f"{clinic_name.lower()}@clinic.example", "director", (clinic_name,), "a long password 1"
+        )
+    monkeypatch.setenv("KAP_DB", str(path))
+    monkeypatch.delenv("KAP_AUDIT_DB", raising=False)
+    monkeypatch.chdir(ROOT)
+
+    def director_page(clinic_name: str) -> AppTest:
+        at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=60)
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        email = f"{clinic_name.lower()}@clinic.example"
+        at.session_state["_kap_auth"] = {
+            "email": email,
+            "source": "local",
+            "signed_in_at": now,
+            "last_seen": now,
+        }
+        at.run()
+        at.switch_page("pages/clinic_outcomes.py").run()
+        assert not at.exception, at.exception
+        return at
+
+    shown = {}
+    for clinic_name in (clinics[0], clinics[1], clinics[0]):  # A fills the cache, B, then A again
+        at = director_page(clinic_name)
+        rep = expected(path, cohort.CohortFilter(scope=(clinic_name,)))
+        assert metrics(at, "Patients in cohort") == [f"{rep.tiles()['enrolled']:,}"]
+        spec = waterfall_spec(at)
+        assert all(count in spec for count in waterfall_counts(rep))
+        shown.setdefault(clinic_name, spec)
+        assert spec == shown[clinic_name]
+    assert shown[clinics[0]] != shown[clinics[1]]
+
+
+def test_switching_back_and_forth_shows_the_same_page(app_env: Path) -> None:
+    """The cached parts are shared, never modified: completers → ITT → completers draws the first page."""
+    at = open_page()
+
+    def page(at: AppTest) -> tuple:
+        frames = tuple(d.value.to_csv() for d in at.dataframe)
+        return tuple(m.value for m in at.metric), frames, tuple(c.proto.spec for c in at.get("plotly_chart"))
+
+    first = page(at)
+    at.radio(key="co_population").set_value("itt").run()
+    itt = page(at)
+    at.radio(key="co_population").set_value("completers").run()
+    assert page(at) == first != itt
+    at.radio(key="co_population").set_value("itt").run()
+    assert page(at) == itt
