@@ -101,6 +101,11 @@ def _stats(times: list[float]) -> dict[str, float]:
     return {"median": statistics.median(times), "min": min(times), "max": max(times), "n": len(times)}
 
 
+def _on_page(page: Any, url: str, url_path: str) -> bool:
+    """Whether ``page`` shows the page at ``url_path`` (query parameters aside)."""
+    return page.url.split("?", 1)[0].rstrip("/") == f"{url}/{url_path}".rstrip("/")
+
+
 def nav(page: Any, title: str) -> None:
     page.locator('[data-testid="stSidebarNav"] a').filter(has_text=title).first.click()
     _wait_idle(page)
@@ -128,22 +133,22 @@ def measure(
             page.goto(url + "/")
             _wait_idle(page)
             # One untimed pass warms the server's caches, as for a person who is not the first of the day.
-            current = "Overview"  # the page on show: a page is timed coming from another one
             for rep in range(repeat + 1):
-                for title, _path in PAGES:
+                for title, url_path in PAGES:
                     if not wanted(title):
                         continue
-                    if title == current:  # (with --only the previous measurement may end on this page)
-                        nav(page, "Definitions" if title != "Definitions" else "Settings")
+                    if _on_page(page, url, url_path):  # a link to the page shown reruns it: come from another
+                        nav(page, "Definitions" if title != "Definitions" else "Overview")
                     link = page.locator('[data-testid="stSidebarNav"] a').filter(has_text=title).first
                     took = _timed(link.click, page)
-                    current = title
                     if rep:
                         times.setdefault(title, []).append(took)
                 # A patient from the caseload: click its first row, as a person does.
                 if wanted("patient from the caseload"):
                     nav(page, "Patient trends")
-                    current = "Patient trends"
+                    if "patient=" in page.url:  # the link kept the patient view (--only): to the list
+                        page.get_by_role("button", name="← Caseload").click()
+                        _wait_idle(page)
                     grid = page.locator('[data-testid="stDataFrame"]').first
                     grid.wait_for(timeout=60_000)
                     box = grid.bounding_box()
@@ -156,7 +161,6 @@ def measure(
                 # A filter change on clinic outcomes: completers <-> intention-to-treat.
                 if wanted("clinic outcomes filter change"):
                     nav(page, "Clinic outcomes")
-                    current = "Clinic outcomes"
                     choice = "Intention-to-treat" if rep % 2 == 0 else "Completers"
                     radio = page.get_by_text(choice, exact=True).first
                     took = _timed(radio.click, page)

@@ -18,13 +18,19 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 
-from kapdata import __version__, accounts, audit, cohort, db, export, ingest, outcomes
+# Only what every command needs (and the parser) is imported here: each command imports its own modules, so
+# that e.g. ``outcomes --out`` never loads pandas, pyarrow or argon2 (tests/test_cli_imports.py).
+from kapdata import __version__, audit, db
 from kapdata import instruments as reg
 from kapdata.access import ROLES
+from kapdata.export_cli import ExportError, ExportRefused, add_cli
+
+if TYPE_CHECKING:
+    from kapdata import accounts, ingest
 
 
 class CliError(Exception):
@@ -243,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("init", help="create the database and, if it is empty, load sample_data/")
     _db_arg(p)
     p.add_argument("--sample-dir", default=None, help="folder with the sample CSV files")
-    export.add_cli(sub)
+    add_cli(sub)
 
     p = sub.add_parser("users", help="staff accounts: add, list, set-role, disable, enable, set-password")
     users = p.add_subparsers(dest="users_command", required=True, metavar="ACTION")
@@ -292,6 +298,8 @@ def _print_rejected(exc: ingest.ImportRejected) -> int:
 
 
 def cmd_load(a: argparse.Namespace) -> int:
+    from kapdata import ingest
+
     _check_inputs(a.files, mapped=bool(a.mapping))
     if a.rejects:
         _check_out_file(a.rejects, "--rejects")
@@ -349,6 +357,8 @@ def _import_detail(result: ingest.LoadResult, on_error: str) -> dict[str, Any]:
 def cmd_outcomes(a: argparse.Namespace) -> int:
     if a.instrument and reg.lookup(a.instrument) is None:
         raise CliError(f"unknown instrument {a.instrument!r}; known: {', '.join(reg.BY_CODE)}", 2)
+    from kapdata import outcomes
+
     _check_out_file(a.out)
     with db.reader(a.db) as con:
         n = outcomes.write_outcomes_csv(con, a.out, a.instrument)
@@ -378,6 +388,8 @@ def _summary_table(doc: dict[str, Any]) -> str:
 
 
 def cmd_summary(a: argparse.Namespace) -> int:
+    from kapdata import cohort
+
     if a.out:
         _check_out_file(a.out)
     with db.reader(a.db) as con:
@@ -391,6 +403,8 @@ def cmd_summary(a: argparse.Namespace) -> int:
 
 
 def cmd_batches(a: argparse.Namespace) -> int:
+    from kapdata import ingest
+
     with db.reader(a.db) as con:
         rows = ingest.list_batches(con)
     if a.json:
@@ -414,6 +428,8 @@ def cmd_batches(a: argparse.Namespace) -> int:
 
 
 def cmd_undo(a: argparse.Namespace) -> int:
+    from kapdata import ingest
+
     if not db.db_path(a.db).exists():
         raise CliError(f"no database at {db.db_path(a.db)}")
     try:
@@ -580,6 +596,8 @@ def _account_doc(acc: accounts.Account) -> dict[str, Any]:
 
 
 def cmd_users(a: argparse.Namespace) -> int:
+    from kapdata import accounts
+
     action = a.users_command
     if action == "list":
         with db.reader(a.db) if db.db_path(a.db).exists() else _no_db(a.db) as con:
@@ -695,18 +713,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code
-    except export.ExportError as exc:
+    except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except export.ExportRefused as exc:
+    except ExportRefused as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
-    except ingest.ImportRejected as exc:  # init loading a sample folder with bad rows
-        return _print_rejected(exc)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # one line, never a traceback or the engine's own message
+        # init loading a sample folder with bad rows (the import module is loaded only by the commands
+        # that use it, so an exception can be one of its refusals only when it is loaded)
+        ingest_module = sys.modules.get("kapdata.ingest")
+        if ingest_module is not None and isinstance(exc, ingest_module.ImportRejected):
+            return _print_rejected(exc)
         if os.environ.get("KAP_DEBUG"):
             raise
         print(f"error: {explain(exc, getattr(args, 'db', None))}", file=sys.stderr)

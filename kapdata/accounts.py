@@ -12,12 +12,16 @@ the latest ``ABSOLUTE_TIMEOUT`` after signing in. No Streamlit here.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import argon2
 import duckdb
+
+if TYPE_CHECKING:
+    import argon2
 
 from kapdata import db
 from kapdata.access import ROLES, Principal
@@ -30,9 +34,21 @@ MIN_PASSWORD = 10
 MAX_PASSWORD = 1024
 
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,253}\.[^@\s]{1,63}$")
-_hasher = argon2.PasswordHasher()  # argon2id with the library's recommended parameters
-# Verified against for an unknown e-mail, so a wrong address takes as long as a wrong password.
-_DUMMY_HASH = _hasher.hash("not a password of anyone")
+
+
+@functools.cache
+def _hasher() -> argon2.PasswordHasher:
+    """argon2id with the library's recommended parameters (made on first use: the command line's reads and
+    the app's start-up need no password hashing)."""
+    import argon2
+
+    return argon2.PasswordHasher()
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against for an unknown e-mail, so a wrong address takes as long as a wrong password."""
+    return _hasher().hash("not a password of anyone")
 
 
 class AccountError(ValueError):
@@ -180,7 +196,7 @@ def add(
     places = _check_clinics(clinics)
     if calendar_dates and role not in ("researcher", "admin"):
         raise AccountError("the calendar-dates permission is for researchers")
-    hashed = _hasher.hash(_check_password(password)) if password is not None else None
+    hashed = _hasher().hash(_check_password(password)) if password is not None else None
     now = _now()
     with db.session(path) as con:
         if get(con, address) is not None:
@@ -243,7 +259,7 @@ def set_disabled(path: str | os.PathLike[str] | None, email: str, disabled: bool
 
 def set_password(path: str | os.PathLike[str] | None, email: str, password: str | None) -> Account:
     """A new password (None: organisation sign-in only); clears a lockout."""
-    hashed = _hasher.hash(_check_password(password)) if password is not None else None
+    hashed = _hasher().hash(_check_password(password)) if password is not None else None
     return _update(path, email, _SET_PASSWORD, [hashed])
 
 
@@ -262,7 +278,7 @@ def authenticate(
         )
         account = get(con, address)
         if account is None or row is None:
-            _verify(_DUMMY_HASH, password)
+            _verify(_dummy_hash(), password)
             raise SignInFailed("unknown e-mail")
         if account.locked_until is not None and account.locked_until > when:
             raise SignInFailed("locked")
@@ -282,20 +298,22 @@ def authenticate(
         if (
             account.failed_attempts
             or account.locked_until is not None
-            or _hasher.check_needs_rehash(str(stored))
+            or _hasher().check_needs_rehash(str(stored))
         ):
             con.execute(
                 "UPDATE users SET failed_attempts = 0, locked_until = NULL, password_hash = ? "
                 "WHERE email = ?",
-                [_hasher.hash(password) if _hasher.check_needs_rehash(str(stored)) else stored, address],
+                [_hasher().hash(password) if _hasher().check_needs_rehash(str(stored)) else stored, address],
             )
     return account
 
 
 def _verify(stored: str, password: str) -> bool:
+    from argon2 import exceptions
+
     try:
-        return _hasher.verify(stored, password)
-    except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
+        return _hasher().verify(stored, password)
+    except (exceptions.VerificationError, exceptions.InvalidHashError):
         return False
 
 

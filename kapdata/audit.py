@@ -20,10 +20,12 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas only where the trail is written as CSV (not when a command records a row)
+    import pandas as pd
 
 from kapdata import csvsafe, db
 
@@ -227,6 +229,8 @@ def query(
 
 
 def frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    import pandas as pd
+
     out = pd.DataFrame(list(rows), columns=list(COLUMNS))
     if len(out):
         out["at"] = pd.to_datetime(out["at"]).dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -11,9 +11,11 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import duckdb
-import pandas as pd
+if TYPE_CHECKING:  # pandas is imported where a frame is written, not by DuckDB-only callers
+    import duckdb
+    import pandas as pd
 
 #: Text cells starting with one of these are neutralised (tab and CR too: some spreadsheets strip them first).
 FORMULA_PREFIXES: tuple[str, ...] = ("=", "+", "-", "@", "\t", "\r")
@@ -26,6 +28,8 @@ def neutralise(text: str) -> str:
 
 def neutralise_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """A copy of ``frame`` whose text cells are neutralised (vectorised per text column)."""
+    import pandas as pd
+
     out = frame.copy()
     for col in out.columns:
         series = out[col]
@@ -43,6 +47,8 @@ def neutralise_frame(frame: pd.DataFrame) -> pd.DataFrame:
 def _prepare(frame: pd.DataFrame, kwargs: dict[str, object]) -> pd.DataFrame:
     """Neutralise, and quote a cell holding a carriage return (Python's csv writer quotes only the
     characters of its line terminator, so with ``\n`` alone a lone CR would split the row)."""
+    import pandas as pd
+
     safe = neutralise_frame(frame)
     kwargs.setdefault("index", False)
     has_cr = any(
@@ -81,9 +87,16 @@ def write_query_csv(
 ) -> int:
     """Write a query's rows as CSV with DuckDB's own writer (no pandas): a header, cells quoted only when they
     must be, empty for NULL, booleans ``true``/``false``, dates ``YYYY-MM-DD``. The query must already
-    neutralise its text columns (:func:`sql_neutralised`). Returns the number of rows written."""
+    neutralise its text columns (:func:`sql_neutralised`). Returns the number of rows written.
+
+    One ``COPY (query) TO file``: the query runs once and COPY reports the rows it wrote. The file name is a
+    parameter too (``$kap_copy_target``, or the last ``?``), never text in the SQL."""
+    if isinstance(params, dict):
+        args: Sequence[object] | dict[str, object] = {**params, "kap_copy_target": str(target)}
+        copy = "COPY (" + sql + ") TO $kap_copy_target (HEADER)"
+    else:
+        args = [*(params or ()), str(target)]
+        copy = "COPY (" + sql + ") TO ? (HEADER)"
     with con.cursor() as cur:  # a fresh cursor: the caller's connection may hold an unfinished result
-        rel = cur.sql(sql, params=params)
-        rel.write_csv(str(target))
-        rows = rel.count("*").fetchall()
+        rows = cur.execute(copy, args).fetchall()
     return int(rows[0][0]) if rows else 0

@@ -13,6 +13,7 @@ its final short transaction.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -459,10 +460,15 @@ def explain(exc: BaseException, path: str | os.PathLike[str] | None = None) -> s
 
 
 def schema_current(con: duckdb.DuckDBPyConnection) -> bool:
-    if schema_version(con) != SCHEMA_VERSION:
+    """Is the schema this software's (version and views)? One cheap query of the ``meta`` table."""
+    try:
+        row = con.execute(
+            "SELECT max(value) FILTER (WHERE key = 'schema_version'), "
+            "max(value) FILTER (WHERE key = 'views_hash') FROM meta"
+        ).fetchone()
+    except duckdb.CatalogException:  # no meta table: a new or foreign database
         return False
-    row = con.execute("SELECT value FROM meta WHERE key = 'views_hash'").fetchone()
-    return bool(row) and row[0] == _views_hash()
+    return bool(row) and row[0] == str(SCHEMA_VERSION) and row[1] == _views_hash()
 
 
 _schema_checked: dict[str, tuple[int, int]] = {}
@@ -475,7 +481,7 @@ def reader(path: str | os.PathLike[str] | None = None) -> Iterator[duckdb.DuckDB
     if not target.exists():
         raise NoDatabase(f"no database at {target}: load files first (python -m kapdata load ...)")
     gate = _Gate.of(target)
-    # The schema check costs two queries; skip it while the file is unchanged since it last passed.
+    # The schema check is one query of meta; skip it while the file is unchanged since it last passed.
     key = str(target.resolve())
     stamp = file_version(target)
     for attempt in range(2):
@@ -493,6 +499,7 @@ def reader(path: str | os.PathLike[str] | None = None) -> Iterator[duckdb.DuckDB
         stamp = file_version(target)
 
 
+@functools.cache
 def _views_hash() -> str:
     import hashlib
 

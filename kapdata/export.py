@@ -29,23 +29,26 @@ import json
 import re
 import secrets
 import sys
+import tempfile
 import zipfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
-import pyarrow.parquet as pq
 
 from kapdata import __version__, access, db, filters, ingest
 from kapdata import instruments as reg
 from kapdata.cohort import COHORT_SQL, CohortFilter
+from kapdata.export_cli import ExportError, ExportRefused, add_cli  # noqa: F401 - re-exported
 from kapdata.outcomes import OUTCOME_COLUMNS
+
+if TYPE_CHECKING:  # frames only for the page's preview
+    import pandas as pd
 
 SHAPES: tuple[str, ...] = ("long", "wide", "outcomes", "sessions")
 FORMATS: tuple[str, ...] = ("csv", "parquet")
@@ -103,19 +106,6 @@ _ENDPOINT_METRICS: tuple[str, ...] = (
     "reliable_deterioration",
 )
 _SESSION_COLUMNS: tuple[str, ...] = ingest.COLUMNS["sessions"][3:]  # dose_mg … side_effects
-
-
-class ExportError(ValueError):
-    """A bad export request (unknown scale, phase, shape, value or date): a usage error."""
-
-
-class ExportRefused(Exception):
-    """The export's k-anonymity is under the floor: nothing is built. ``str()`` says which columns to
-    leave out."""
-
-    def __init__(self, k: KAnonymity, message: str | None = None) -> None:
-        super().__init__(message or k.refusal or "export refused")
-        self.k_anonymity = k
 
 
 def phase_choices(shape: str) -> tuple[str, ...]:
@@ -398,21 +388,26 @@ def _sessions_sql(spec: ExportSpec) -> str:
 
 _SHAPE_SQL = {"long": _long_sql, "wide": _wide_sql, "outcomes": _outcomes_sql, "sessions": _sessions_sql}
 
-#: Re-keying: the rows of the temporary table ``export_rows`` (source IDs) with new keys P0001… in the
-#: order of a keyed hash of the source ID; the secret is made per export and never stored.
-_KEYED_SQL = """
-    WITH keys AS (
+#: Re-keying: the export's rows (source IDs) with new keys P0001… in the order of a keyed hash of the source
+#: ID; the secret is made per export and never stored. The new key is made once per patient (not per row).
+_KEYS_SQL = """
+    keys AS (
         SELECT patient_id, row_number() OVER (ORDER BY sha256($secret || patient_id)) AS rn,
                count(*) OVER () AS total
         FROM export_patients
-    )
-    SELECT 'P' || lpad(CAST(k.rn AS VARCHAR),
-                       CAST(greatest(4, length(CAST(k.total AS VARCHAR))) AS INTEGER), '0') AS patient_id,
-           r.* EXCLUDE (patient_id, _s1, _s2)
-    FROM export_rows r JOIN keys k ON k.patient_id = r.patient_id
-    ORDER BY k.rn, r._s1, r._s2
-    LIMIT $limit
-"""
+    ),
+    new_keys AS (
+        SELECT patient_id, rn,
+               'P' || lpad(CAST(rn AS VARCHAR),
+                           CAST(greatest(4, length(CAST(total AS VARCHAR))) AS INTEGER), '0') AS new_id
+        FROM keys
+    )"""
+
+
+def _rows_sql(spec: ExportSpec) -> str:
+    """``WITH`` the filters and ``export_source`` (the rows of ``spec``'s shape, source IDs): a prefix for a
+    final ``SELECT … FROM export_source``."""
+    return "WITH " + _FILTER_SQL + ", export_source AS (" + _SHAPE_SQL[spec.shape](spec) + ") "
 
 
 def _used(sql: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -421,25 +416,66 @@ def _used(sql: str, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _materialise(con: duckdb.DuckDBPyConnection, spec: ExportSpec) -> tuple[int, int]:
-    """Build the temporary tables ``export_rows`` (the rows, with source patient IDs) and
-    ``export_patients`` (their patients) for ``spec``; they live and die with the connection.
-    Returns (rows, patients)."""
+    """Build the temporary tables ``export_pairs`` (rows per patient, and per scale where the shape has one)
+    and ``export_patients`` (the export's patients) for ``spec``; they live and die with the connection. Only
+    the keys are kept: the rows themselves are computed once more, re-keyed and sorted, by :func:`_keyed`
+    (cheaper than storing a million wide rows and reading them back). Returns (rows, patients)."""
+    by = "patient_id" if spec.shape == "sessions" else "patient_id, instrument"
     sql = (
-        "CREATE OR REPLACE TEMP TABLE export_rows AS WITH " + _FILTER_SQL + " " + _SHAPE_SQL[spec.shape](spec)
+        "CREATE OR REPLACE TEMP TABLE export_pairs AS "
+        + _rows_sql(spec)
+        + f"SELECT {by}, count(*) AS n FROM export_source GROUP BY {by}"
     )
     con.execute(sql, _used(sql, spec.params())).fetchall()
     con.execute(
-        "CREATE OR REPLACE TEMP TABLE export_patients AS SELECT DISTINCT patient_id FROM export_rows"
+        "CREATE OR REPLACE TEMP TABLE export_patients AS SELECT DISTINCT patient_id FROM export_pairs"
     ).fetchall()
     [(rows, patients)] = con.execute(
-        "SELECT (SELECT count(*) FROM export_rows), (SELECT count(*) FROM export_patients)"
+        "SELECT (SELECT coalesce(sum(n), 0) FROM export_pairs), (SELECT count(*) FROM export_patients)"
     ).fetchall()
     return int(rows), int(patients)
 
 
-def _keyed(con: duckdb.DuckDBPyConnection, secret: str | None, limit: int | None = None) -> pa.Table:
-    params = {"secret": secret or secrets.token_hex(32), "limit": limit}
-    return con.sql(_KEYED_SQL, params=params).to_arrow_table()
+def _keyed_sql(spec: ExportSpec) -> str:
+    """The export's rows for ``spec`` (its quasi-identifiers resolved), re-keyed, in file order: new patient
+    key, then scale, then time."""
+    return (
+        _rows_sql(spec)
+        + ", "
+        + _KEYS_SQL
+        + """
+    SELECT k.new_id AS patient_id, r.* EXCLUDE (patient_id, _s1, _s2)
+    FROM export_source r JOIN new_keys k USING (patient_id)
+    ORDER BY k.rn, r._s1, r._s2
+    LIMIT $limit"""
+    )
+
+
+def _keyed_params(spec: ExportSpec, sql: str, secret: str | None, limit: int | None) -> dict[str, Any]:
+    params = spec.params() | {"secret": secret or secrets.token_hex(32), "limit": limit}
+    return _used(sql, params)
+
+
+def _keyed(
+    con: duckdb.DuckDBPyConnection, spec: ExportSpec, secret: str | None, limit: int | None = None
+) -> pa.Table:
+    sql = _keyed_sql(spec)
+    return con.sql(sql, params=_keyed_params(spec, sql, secret, limit)).to_arrow_table()
+
+
+def _keyed_parquet(
+    con: duckdb.DuckDBPyConnection, spec: ExportSpec, secret: str | None, target: Path
+) -> pa.Schema:
+    """Write the re-keyed rows as Parquet with DuckDB's own writer; the columns' Arrow types (as
+    :func:`_keyed` would return them, for the data dictionary)."""
+    sql = _keyed_sql(spec)
+    params = _keyed_params(spec, sql, secret, None)
+    # (On ``con`` itself: the temporary tables are the connection's own, a cursor would not see them.)
+    con.execute(
+        "COPY (" + sql + ") TO $kap_copy_target (FORMAT parquet)",
+        params | {"kap_copy_target": str(target)},
+    ).fetchall()
+    return con.sql(sql, params=params | {"limit": 0}).to_arrow_table().schema
 
 
 @dataclass(frozen=True)
@@ -500,24 +536,30 @@ def _k_by_subset(
         return {(): (n, 1, below, n * below)}
     cols = ", ".join(qis)
     # Patient characteristics come from the patients table, except a sessions file's route: per session.
-    source = (
-        "SELECT DISTINCT patient_id, " + cols + " FROM export_rows"
-        if spec.shape == "sessions" and "route" in qis
-        else "SELECT patient_id, " + cols + " FROM export_patients JOIN patients USING (patient_id)"
-    )
+    if spec.shape == "sessions" and "route" in qis:
+        head = _rows_sql(spec) + ", d AS (SELECT DISTINCT patient_id, " + cols + " FROM export_source)"
+        params = spec.params()
+    else:
+        head = (
+            "WITH d AS (SELECT patient_id, "
+            + cols
+            + " FROM export_patients JOIN patients USING (patient_id))"
+        )
+        params = {}
     sets = ", ".join(
         "(" + ", ".join(q for bit, q in enumerate(qis) if mask >> bit & 1) + ")"
         for mask in range(2 ** len(qis))
     )
-    rows = con.execute(
-        f"""WITH d AS ({source}),
+    sql = (
+        head
+        + f""",
             g AS (SELECT GROUPING({cols}) AS gid, count(DISTINCT patient_id) AS n
                   FROM d GROUP BY GROUPING SETS ({sets}))
             SELECT gid, min(n), count(*), count(*) FILTER (WHERE n < $t),
                    coalesce(sum(n) FILTER (WHERE n < $t), 0)
-            FROM g GROUP BY gid""",
-        {"t": floor},
-    ).fetchall()
+            FROM g GROUP BY gid"""
+    )
+    rows = con.execute(sql, _used(sql, params | {"t": floor})).fetchall()
     # GROUPING() sets bit (len - 1 - i) when column i is *not* grouped.
     by_kept: dict[tuple[str, ...], tuple[int, int, int, int]] = {}
     for gid, k, groups, below, patients_below in rows:
@@ -536,7 +578,7 @@ def _best(
 
 def _resolve_qis(con: duckdb.DuckDBPyConnection, spec: ExportSpec, n: int) -> tuple[ExportSpec, KAnonymity]:
     """The k-anonymity report; for ``quasi_identifiers=None`` first choose the default columns (the most
-    that pass the floor) and drop the others from ``export_rows``. Returns the resolved request."""
+    that pass the floor; the rows are then made without the others). Returns the resolved request."""
     floor = int(db.get_settings(con).get("k_anonymity_min", K_THRESHOLD))
     qis = spec.qis
     if n == 0:
@@ -546,8 +588,6 @@ def _resolve_qis(con: duckdb.DuckDBPyConnection, spec: ExportSpec, n: int) -> tu
     left_out: tuple[str, ...] = ()
     if spec.quasi_identifiers is None and best != qis:
         left_out = tuple(q for q in qis if q not in best)
-        for q in left_out:
-            con.execute(f"ALTER TABLE export_rows DROP COLUMN {q}")
         qis = best
     k, groups, below, patients_below = by_kept[qis]
     drop = () if k >= floor else tuple(q for q in qis if q not in best)
@@ -806,7 +846,8 @@ def _dictionary(
     clinics: tuple[str, ...] = ()
     if "clinic" in schema.names:
         rows = con.execute(
-            "SELECT DISTINCT clinic FROM export_rows WHERE clinic IS NOT NULL ORDER BY 1"
+            "SELECT DISTINCT clinic FROM export_patients JOIN patients USING (patient_id) "
+            "WHERE clinic IS NOT NULL ORDER BY 1"
         ).fetchall()
         clinics = tuple(r[0] for r in rows)
     ctx = _DocContext(
@@ -843,12 +884,6 @@ def neutralise_formulas(table: pa.Table) -> pa.Table:
 def csv_bytes(table: pa.Table) -> bytes:
     buf = io.BytesIO()
     pa_csv.write_csv(neutralise_formulas(table), buf)
-    return buf.getvalue()
-
-
-def parquet_bytes(table: pa.Table) -> bytes:
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
     return buf.getvalue()
 
 
@@ -897,15 +932,21 @@ def build(
     spec, k = _resolve_qis(con, spec, patients)
     if k.refused:
         raise ExportRefused(k)
-    table = _keyed(con, secret)
+    if spec.file_format == "csv":
+        table = _keyed(con, spec, secret)
+        schema, data = table.schema, csv_bytes(table)
+    else:  # DuckDB writes the Parquet file itself (no Arrow table of every row in Python)
+        with tempfile.TemporaryDirectory(prefix="kapexport") as tmp:
+            target = Path(tmp) / spec.data_file
+            schema = _keyed_parquet(con, spec, secret, target)
+            data = target.read_bytes()
     thresholds = _thresholds(con)
     min_cell = int(db.get_settings(con)["min_cell"])
+    table1 = _table1_rows(con, spec, min_cell, patients)
     files = {
-        spec.data_file: csv_bytes(table) if spec.file_format == "csv" else parquet_bytes(table),
-        DICTIONARY_FILE: csv_bytes(_dictionary(con, spec, table.schema, thresholds)),
-        TABLE1_FILE: csv_bytes(
-            pa.Table.from_pandas(_table1(con, spec, min_cell, patients), preserve_index=False)
-        ),
+        spec.data_file: data,
+        DICTIONARY_FILE: csv_bytes(_dictionary(con, spec, schema, thresholds)),
+        TABLE1_FILE: csv_bytes(pa.table(dict(zip(TABLE1_COLUMNS, zip(*table1, strict=True), strict=True)))),
     }
     calendar = spec.dates == "calendar"
     not_exported = ["source patient ID", "provider", *(q for q in QUASI_IDENTIFIERS if q not in spec.qis)]
@@ -917,7 +958,7 @@ def build(
         "filters": spec.filters(),
         "rows": rows,
         "patients": patients,
-        "columns": table.schema.names,
+        "columns": schema.names,
         "dates": spec.dates,
         "days": None if calendar else spec.days,
         "calendar_dates_included": calendar,
@@ -993,7 +1034,7 @@ def write_fhir_bundle(
             {i: r.get(f"item_{i}") for i in range(1, reg.MAX_ITEMS + 1)},
             prorated=bool(r["prorated"]),
         )
-        for n, r in enumerate(_keyed(con, secret).to_pylist(), 1)
+        for n, r in enumerate(_keyed(con, spec, secret).to_pylist(), 1)
     ]
     data = (json.dumps(fhir.bundle(observations), indent=1, ensure_ascii=False) + "\n").encode()
     manifest = {
@@ -1092,6 +1133,7 @@ class Preview:
     min_cell: int
 
 
+TABLE1_COLUMNS: tuple[str, ...] = ("Characteristic", "Group", "Patients")
 _TABLE1_SQL = """
     WITH pp AS (
         SELECT coalesce(age_band, 'unknown') AS "Age band", coalesce(sex, 'unknown') AS "Sex",
@@ -1112,7 +1154,7 @@ _BASELINE_SQL = """
 #: The (patient, scale) pairs whose baselines Table 1 describes: those in the file, or for the sessions
 #: shape the chosen scales of the patients in the file.
 _PAIRS_SQL = {
-    "rows": "SELECT DISTINCT patient_id, instrument FROM export_rows",
+    "rows": "SELECT patient_id, instrument FROM export_pairs",
     "sessions": """SELECT patient_id, instrument FROM score_points
         SEMI JOIN export_patients USING (patient_id)
         WHERE len($instruments) = 0 OR list_contains($instruments, instrument)""",
@@ -1129,13 +1171,15 @@ def _suppress(counts: list[int], min_cell: int) -> list[bool]:
     return hidden
 
 
-def _table1(con: duckdb.DuckDBPyConnection, spec: ExportSpec, min_cell: int, total: int) -> pd.DataFrame:
+def _table1_rows(
+    con: duckdb.DuckDBPyConnection, spec: ExportSpec, min_cell: int, total: int
+) -> list[tuple[str, str, str]]:
     """Table 1 of the export's patients: n, age band, sex, condition, route (n and %), baseline mean ± SD.
-    Groups under ``min_cell`` patients show as ``<min_cell``."""
+    Groups under ``min_cell`` patients show as ``<min_cell``. Rows of ``TABLE1_COLUMNS``."""
     small = f"<{min_cell}"
     out: list[tuple[str, str, str]] = [("Patients", "all", small if 0 < total < min_cell else f"{total:,}")]
     if total < min_cell:
-        return pd.DataFrame(out, columns=["Characteristic", "Group", "Patients"])
+        return out
     counts = con.execute(
         _TABLE1_SQL,
         {
@@ -1165,7 +1209,14 @@ def _table1(con: duckdb.DuckDBPyConnection, spec: ExportSpec, min_cell: int, tot
             continue
         value = f"{small} patients" if n < min_cell else f"{mean:.1f} ± {sd:.1f} (n = {n:,})"
         out.append((label, "mean ± SD", value))
-    return pd.DataFrame(out, columns=["Characteristic", "Group", "Patients"])
+    return out
+
+
+def _table1(con: duckdb.DuckDBPyConnection, spec: ExportSpec, min_cell: int, total: int) -> pd.DataFrame:
+    """:func:`_table1_rows` as a frame (the page's preview)."""
+    import pandas as pd
+
+    return pd.DataFrame(_table1_rows(con, spec, min_cell, total), columns=list(TABLE1_COLUMNS))
 
 
 def preview(
@@ -1180,7 +1231,7 @@ def preview(
     spec = for_principal(spec, principal).checked()
     rows, patients = _materialise(con, spec)
     spec, k = _resolve_qis(con, spec, patients)
-    head = _keyed(con, None, n).to_pandas()
+    head = _keyed(con, spec, None, n).to_pandas()
     min_cell = int(db.get_settings(con)["min_cell"])
     return Preview(
         head=head,
@@ -1194,65 +1245,6 @@ def preview(
 
 
 # ---------------------------------------------------------------- command line
-
-
-def add_cli(sub: argparse._SubParsersAction) -> None:
-    """The ``export`` sub-command (``python -m kapdata export ...``)."""
-    p = sub.add_parser(
-        "export",
-        help="write a de-identified research dataset with its data dictionary and manifest",
-        description="Write DIR/data.csv (or data.parquet), DIR/data_dictionary.csv, DIR/table1.csv and "
-        "DIR/manifest.json. Patients are re-keyed and dates are days from the first dosing session unless "
-        "--dates calendar. By default the file keeps the most patient characteristics (age band, sex, "
-        "clinic, condition, route) for which every combination is shared by at least k_anonymity_min "
-        "patients; an export under that floor is refused (exit 3) and nothing is written.",
-    )
-    p.add_argument("--out", required=True, metavar="DIR", help="folder to write the four files into")
-    p.add_argument("--db", help="database file (default: $KAP_DB, then data/kap.duckdb)")
-    p.add_argument("--shape", default="long", help="long (default), wide, outcomes or sessions")
-    p.add_argument(
-        "--format",
-        default="csv",
-        dest="file_format",
-        help="csv (default), parquet, or fhir (DIR/bundle.json, an R4 Bundle; needs --dates calendar)",
-    )
-    p.add_argument(
-        "--instrument", action="append", default=[], metavar="NAME", help="PHQ-9, GAD-7, PCL-5 (repeat)"
-    )
-    p.add_argument(
-        "--phase",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="long: preparation, dosing, integration, follow-up; wide/outcomes: dosing, integration, "
-        "follow-up, latest (repeat)",
-    )
-    p.add_argument("--clinic", action="append", default=[], metavar="NAME")
-    p.add_argument("--route", action="append", default=[], metavar="NAME")
-    p.add_argument("--condition", action="append", default=[], metavar="NAME")
-    p.add_argument("--start-from", metavar="DATE", help="first dosing session on or after (YYYY-MM-DD)")
-    p.add_argument("--start-to", metavar="DATE", help="first dosing session on or before (YYYY-MM-DD)")
-    p.add_argument(
-        "--dates",
-        default="relative",
-        help="relative (default: no calendar dates; protects against matching on dates) or calendar "
-        "(dates included: protects against nothing date-based)",
-    )
-    p.add_argument(
-        "--days",
-        default="day",
-        help="with relative dates: day (default, whole days from the first dose) or week (whole weeks: no "
-        "exact day gaps, so score sequences are harder to match with other records)",
-    )
-    p.add_argument(
-        "--without",
-        action="append",
-        default=None,
-        metavar="NAME",
-        help="leave out this patient characteristic: age_band, sex, clinic, primary_condition, route "
-        "(repeat; with --without the file keeps every other one, and the k-anonymity floor still applies)",
-    )
-    p.set_defaults(handler=cmd_export)
 
 
 def _date(value: str | None, option: str) -> dt.date | None:

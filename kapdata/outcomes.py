@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import duckdb
-import pandas as pd
+if TYPE_CHECKING:  # the command line's outcomes file needs neither pandas nor more than DuckDB
+    import duckdb
+    import pandas as pd
 
 from kapdata import csvsafe
 from kapdata import instruments as reg

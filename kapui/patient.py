@@ -3,15 +3,20 @@
 Every query opens a short read-only connection and is cached on ``(path, data_version, ...)``; nothing holds a
 connection across reruns. The chosen patient lives in ``st.query_params["patient"]`` so that a link to a
 patient view can be shared inside the clinic and reloads to the same view.
+
+What the browser is sent is kept small (issue 14): the caseload table one page at a time, the patient picker
+with a bounded list (any ID can be typed), each patient figure built once per data version.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
 from kapdata import access, db, report, settings
@@ -19,6 +24,7 @@ from kapdata import caseload as records
 from kapdata import instruments as reg
 from kapdata import patient as pt
 from kapdata.access import Principal
+from kapdata.charts import patient as charts
 from kapdata.cohort import CohortFilter
 from kapui import md_escape
 
@@ -30,6 +36,7 @@ STAFF_KEY = "staff_code"
 NOTE_KEY = "record_note"
 MESSAGE_KEY = "record_message"
 SHOW_DISCHARGED_KEY = "show_discharged"
+SCALE_TAB_KEY = "scale_tab"
 
 
 def _who() -> Principal:
@@ -74,6 +81,36 @@ def patient_ids(path: str, version: tuple[int, int], filt: CohortFilter) -> list
 def _patient_ids(path: str, version: tuple[int, int], filt: CohortFilter) -> list[str]:
     with db.reader(path) as con:
         return pt.patient_ids(con, filt)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _generation(path: str, version: tuple[int, int]) -> str:
+    """A token that is new whenever the cached queries are dropped (``kapui.data.clear_caches`` after an
+    import, an undo or a settings change) or the database file changes: it keys the figure cache below,
+    which (holding Plotly objects, not copies) lives in ``st.cache_resource``."""
+    return uuid.uuid4().hex
+
+
+def scale_figures(
+    path: str, version: tuple[int, int], view: pt.PatientView, code: str
+) -> tuple[go.Figure, go.Figure | None]:
+    """One scale's trend and item heatmap for the patient view, built once per data version: building them
+    is most of a patient view's server time. The view was read with the signed-in person's permission."""
+    return _scale_figures(path, version, _generation(path, version), view.patient_id, view.today, code, view)
+
+
+@st.cache_resource(show_spinner=False, max_entries=96)
+def _scale_figures(
+    path: str,
+    version: tuple[int, int],
+    generation: str,
+    patient_id: str,
+    today: dt.date,
+    code: str,
+    _view: pt.PatientView,
+) -> tuple[go.Figure, go.Figure | None]:
+    # Shared by every session and never changed after this: st.plotly_chart only reads a figure.
+    return charts.score_trend(_view, code, title=False), charts.item_heatmap(_view, code)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -125,24 +162,75 @@ def close_patient() -> None:
     open_patient(None)
 
 
+#: Patient IDs listed in the picker. Any other ID can be typed: a list of a whole 50,000-patient caseload
+#: took the browser seconds to draw on every run of the page (issue 14).
+PICKER_OPTIONS = 1000
+
+
+def picker_options(ids: list[str], current: str | None = None) -> list[str]:
+    """At most :data:`PICKER_OPTIONS` of ``ids``: the first ones (the caseload's order: most in need first),
+    or, around ``current`` when it is one of them, its neighbours in that order (the current one included)."""
+    if len(ids) <= PICKER_OPTIONS:
+        return ids
+    if current is None or current not in ids:
+        return ids[:PICKER_OPTIONS]
+    at = ids.index(current)
+    start = max(0, min(at - PICKER_OPTIONS // 2, len(ids) - PICKER_OPTIONS))
+    return ids[start : start + PICKER_OPTIONS]
+
+
 def patient_picker(
     options: list[str], current: str | None, *, label: str = "Open a patient", compact: bool = False
 ) -> None:
-    """A searchable selectbox of patient IDs kept in step with the URL."""
-    if current and current not in options:
-        options = [current, *options]
+    """A searchable selectbox of patient IDs kept in step with the URL: lists :func:`picker_options` of
+    ``options``; any other ID can be typed and opened with Enter."""
+    listed = picker_options(options, current)
+    if current and current not in listed:
+        listed = [current, *listed]
+    more = len(options) > len(listed)
     st.session_state[PICK_KEY] = current
     st.selectbox(
         label,
-        options,
+        listed,
         index=None,
         key=PICK_KEY,
         on_change=_picked,
+        accept_new_options=True,
         placeholder="Type or choose a pseudonymous patient ID",
         label_visibility="collapsed" if compact else "visible",
         help="Opens the patient view. The patient is in the page address, so the link can be shared inside "
-        "the clinic and reloads to the same view.",
+        "the clinic and reloads to the same view."
+        + (
+            f" The list shows {len(listed):,} of {len(options):,} patients; type any patient ID and press "
+            "Enter to open it."
+            if more
+            else ""
+        ),
     )
+
+
+#: Patients offered when a typed ID is not a patient.
+SUGGESTIONS = 10
+
+
+def suggestions(ids: list[str], typed: str) -> list[str]:
+    """Patient IDs that contain ``typed`` (ignoring case), shortest first: for an ID that is not a patient."""
+    needle = typed.strip().casefold()
+    if not needle:
+        return []
+    found = [pid for pid in ids if needle in pid.casefold()]
+    return sorted(found, key=lambda pid: (len(pid), pid))[:SUGGESTIONS]
+
+
+def suggestion_buttons(found: list[str]) -> None:
+    """One button per suggested patient; a click opens that patient's view."""
+    if not found:
+        return
+    st.caption("Patients whose ID contains it:")
+    with st.container(horizontal=True, gap="small"):
+        for pid in found:
+            # an ID from the data file: escaped, shown as the characters it is
+            st.button(md_escape(pid), key=f"suggest_{pid}", on_click=open_patient, args=(pid,))
 
 
 # --- caseload -------------------------------------------------------------------------------------------
@@ -190,6 +278,11 @@ def caseload_config(defs: dict[str, str]) -> dict[str, Any]:
     return cfg
 
 
+def scale_tab_key(patient_id: str) -> str:
+    """The patient view's scale tabs: one key per patient, so that each patient opens on the first scale."""
+    return f"{SCALE_TAB_KEY}_{patient_id}"
+
+
 def table_key() -> str:
     """The caseload table's widget key: a new one after each row click, so that coming back to the caseload
     never finds the old selection (which would open the same patient again)."""
@@ -226,29 +319,50 @@ def caseload_page(total: int) -> tuple[int, int]:
     return start, min(start + CASELOAD_PAGE_ROWS, total)
 
 
+def _selected_row(state: Any) -> int | None:
+    """The row chosen in a caseload table's selection state (``{"selection": {"rows": [...]}}``)."""
+    try:
+        rows = state["selection"]["rows"]
+    except (KeyError, TypeError):
+        return None
+    return int(rows[0]) if rows else None
+
+
 def caseload_table(shown: pd.DataFrame, defs: dict[str, str]) -> str | None:
-    """The ranked caseload (already filtered by :func:`shown_caseload`), one page at a time; returns the
-    patient of a clicked row."""
+    """The ranked caseload (already filtered by :func:`shown_caseload`), one page at a time.
+
+    A row click opens the patient in the selection callback, so the run that follows draws the patient view
+    at once (no second run of the page). Returns the patient of a selected row the callback did not see (a
+    selection set in the session state), for the page to open."""
     start, stop = caseload_page(len(shown))
     if len(shown) > CASELOAD_PAGE_ROWS:
         st.caption(f"Patients {start + 1:,}–{stop:,} of {len(shown):,}, most in need of attention first.")
     shown = shown.iloc[start:stop][list(CASELOAD_COLUMNS)]
+    ids = [str(pid) for pid in shown["patient_id"]]
+    key = table_key()
+
+    def clicked() -> None:
+        row = _selected_row(st.session_state.get(key))
+        if row is not None and row < len(ids):
+            st.session_state[TABLE_GENERATION] = st.session_state.get(TABLE_GENERATION, 0) + 1
+            open_patient(ids[row])
+
     event = st.dataframe(
         shown,
         hide_index=True,
         width="stretch",
         height=min(38 + 35 * max(len(shown), 1), 640),
         column_config=caseload_config(defs),
-        on_select="rerun",
+        on_select=clicked,
         selection_mode="single-row",
-        key=table_key(),
+        key=key,
         placeholder="–",
     )
     rows = event.selection.rows if event else []
-    if not rows:
+    if not rows or rows[0] >= len(ids):
         return None
     st.session_state[TABLE_GENERATION] = st.session_state.get(TABLE_GENERATION, 0) + 1
-    return str(shown.iloc[rows[0]]["patient_id"])
+    return ids[rows[0]]
 
 
 # --- patient view ---------------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ import kapui
 from kapdata import db
 from kapdata import patient as pt
 from kapdata.access import NotPermitted
-from kapdata.charts import patient as charts
 from kapui import auth
 from kapui import patient as ui
 
@@ -35,6 +34,7 @@ if view is None:
     if chosen:
         st.warning("No patient with this ID in this database:")
         st.code(chosen, language=None)
+        ui.suggestion_buttons(ui.suggestions(ui.patient_ids(path, version, cohort), chosen))
     left, mid, right = st.columns([2, 3, 1.2], vertical_alignment="bottom")
     with mid:
         phases = st.pills(
@@ -91,12 +91,15 @@ else:
     for col, code in zip(cards, view.scales, strict=True):
         with col:
             ui.scale_card(view, code, defs)
-    for tab, code in zip(st.tabs(view.scales), view.scales, strict=True):
+    # Only the open tab is drawn (a tab click reruns the page, its figures cached): each chart costs the
+    # browser a noticeable moment, and most visits look at one scale.
+    tabs = st.tabs(view.scales, key=ui.scale_tab_key(view.patient_id), on_change="rerun")
+    for tab, code in zip(tabs, view.scales, strict=True):
+        if tab.open is False:
+            continue
         with tab:
-            st.plotly_chart(
-                charts.score_trend(view, code, title=False), width="stretch", theme=None, key=f"trend_{code}"
-            )
-            heat = charts.item_heatmap(view, code)
+            trend, heat = ui.scale_figures(path, version, view, code)
+            st.plotly_chart(trend, width="stretch", theme=None, key=f"trend_{code}")
             if heat is not None:
                 st.markdown(
                     f"**{code} item answers over time**", help="Each questionnaire's answers, item by item."

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -37,15 +38,20 @@ def plain(text: object) -> str:
     return html.escape(str(text), quote=False)
 
 
+def layout_dict(*, height: int = 360, title: str | None = None) -> dict[str, Any]:
+    """The house layout as a plain dict (for figures built from dicts in one go)."""
+    return {
+        "template": "plotly_white",
+        "height": height,
+        "margin": {"l": 10, "r": 10, "t": 80 if title else 30, "b": 10},
+        "font": {"family": FONT, "size": 13},
+        "title": {"text": title, "x": 0, "xanchor": "left", "y": 0.97, "yanchor": "top"} if title else None,
+        "legend": {"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 0, "xanchor": "left"},
+    }
+
+
 def base_layout(fig: go.Figure, *, height: int = 360, title: str | None = None) -> go.Figure:
-    fig.update_layout(
-        template="plotly_white",
-        height=height,
-        margin={"l": 10, "r": 10, "t": 80 if title else 30, "b": 10},
-        font={"family": FONT, "size": 13},
-        title={"text": title, "x": 0, "xanchor": "left", "y": 0.97, "yanchor": "top"} if title else None,
-        legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 0, "xanchor": "left"},
-    )
+    fig.update_layout(**layout_dict(height=height, title=title))
     return fig
 
 

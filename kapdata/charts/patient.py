@@ -1,8 +1,15 @@
-"""Figures of one patient: a scale over time (phases, severity bands, targets, sessions) and item answers."""
+"""Figures of one patient: a scale over time (phases, severity bands, targets, sessions) and item answers.
+
+Each figure is assembled as plain dicts and validated once, in ``go.Figure(...)``: Plotly's ``add_shape``,
+``add_annotation``, ``add_hrect``… re-validate the whole layout on every call, which made one patient's six
+figures cost about half a second to build (issue 14). The figures are the same.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -13,7 +20,7 @@ from kapdata.charts.common import (
     INSTRUMENT_COLORS,
     PHASE_COLORS,
     SEVERITY_COLORS,
-    base_layout,
+    layout_dict,
     severity_colors,
 )
 from kapdata.patient import PatientView, caseness_name, response_target
@@ -58,23 +65,53 @@ def x_range(view: PatientView) -> tuple[dt.date, dt.date]:
     return start - dt.timedelta(days=6), end + dt.timedelta(days=7)
 
 
-def _label(fig: go.Figure, **kw: object) -> None:
+@dataclass
+class _Spec:
+    """A figure being assembled: traces, shapes and annotations in drawing order, as plain dicts."""
+
+    data: list[dict[str, Any]] = field(default_factory=list)
+    shapes: list[dict[str, Any]] = field(default_factory=list)
+    annotations: list[dict[str, Any]] = field(default_factory=list)
+
+    def figure(self, layout: dict[str, Any]) -> go.Figure:
+        """The figure, validated once. No title is an empty one (as `base_layout`'s `title=None` gives)."""
+        layout = {**layout, "title": layout.get("title") or {}}
+        return go.Figure(
+            {"data": self.data, "layout": {**layout, "shapes": self.shapes, "annotations": self.annotations}}
+        )
+
+
+def _label(fig: _Spec, **kw: object) -> None:
     font = {"size": 11, "color": kw.pop("color", "#757575")}
-    fig.add_annotation(showarrow=False, font=font, **kw)
+    fig.annotations.append({"showarrow": False, "font": font, **kw})
 
 
-def _severity_background(fig: go.Figure, inst: reg.Instrument, caseness: int) -> None:
+def _hrect(fig: _Spec, y0: float, y1: float, **kw: object) -> None:
+    """A band across the plot's whole width (``add_hrect``)."""
+    fig.shapes.append(
+        {"type": "rect", "xref": "x domain", "x0": 0, "x1": 1, "yref": "y", "y0": y0, "y1": y1, **kw}
+    )
+
+
+def _vrect(fig: _Spec, x0: object, x1: object, **kw: object) -> None:
+    """A band across the plot's whole height (``add_vrect``)."""
+    fig.shapes.append(
+        {"type": "rect", "xref": "x", "x0": x0, "x1": x1, "yref": "y domain", "y0": 0, "y1": 1, **kw}
+    )
+
+
+def _severity_background(fig: _Spec, inst: reg.Instrument, caseness: int) -> None:
     """The scale's severity bands as faint horizontal bands, labelled on the right."""
     bands = [(b.low, min(b.high + 1, inst.total_max), b.label) for b in inst.bands]
     colors = severity_colors(len(bands))
     if not bands:  # no validated bands (PCL-5): the probable-PTSD range only
         bands, colors = [(caseness, inst.total_max, "probable<br>PTSD")], [SEVERITY_COLORS[-1]]
     for (low, high, label), color in zip(bands, colors, strict=True):
-        fig.add_hrect(y0=low, y1=high, fillcolor=color, opacity=0.07, line_width=0, layer="below")
+        _hrect(fig, low, high, fillcolor=color, opacity=0.07, line={"width": 0}, layer="below")
         _label(fig, x=1.0, xref="paper", xanchor="left", y=(low + high) / 2, text=label)
 
 
-def _phase_bands(fig: go.Figure, view: PatientView, start: dt.date, end: dt.date) -> None:
+def _phase_bands(fig: _Spec, view: PatientView, start: dt.date, end: dt.date) -> None:
     """Phases as light vertical bands with a labelled strip along the top of the plot."""
     total_days = max((end - start).days, 1)
     for phase, a, b in view.phase_spans(end):
@@ -82,17 +119,19 @@ def _phase_bands(fig: go.Figure, view: PatientView, start: dt.date, end: dt.date
             a, b = a - dt.timedelta(days=1), b + dt.timedelta(days=1)
         a = max(a, start)
         color = PHASE_COLORS[phase]
-        fig.add_vrect(x0=_ts(a), x1=_ts(b), fillcolor=color, opacity=0.10, line_width=0, layer="below")
-        fig.add_shape(
-            type="rect",
-            x0=_ts(a),
-            x1=_ts(b),
-            y0=1.01,
-            y1=1.07,
-            yref="paper",
-            fillcolor=color,
-            opacity=0.75,
-            line_width=0,
+        _vrect(fig, _ts(a), _ts(b), fillcolor=color, opacity=0.10, line={"width": 0}, layer="below")
+        fig.shapes.append(
+            {
+                "type": "rect",
+                "x0": _ts(a),
+                "x1": _ts(b),
+                "y0": 1.01,
+                "y1": 1.07,
+                "yref": "paper",
+                "fillcolor": color,
+                "opacity": 0.75,
+                "line": {"width": 0},
+            }
         )
         width_px = (b - a).days / total_days * PLOT_PX
         text = phase if len(phase) * CHAR_PX < width_px else PHASE_SHORT[phase]
@@ -100,21 +139,23 @@ def _phase_bands(fig: go.Figure, view: PatientView, start: dt.date, end: dt.date
             _label(fig, x=_ts(a + (b - a) / 2), y=1.04, yref="paper", text=text, color="#212121")
 
 
-def _target(fig: go.Figure, x0: dt.date, x1: dt.date, y: float, text: str, key: str, *, below: bool) -> None:
+def _target(fig: _Spec, x0: dt.date, x1: dt.date, y: float, text: str, key: str, *, below: bool) -> None:
     """A dotted target line with its label at the right end (above it, or below it when ``below``)."""
     color = TARGET_COLORS[key]
-    fig.add_shape(
-        type="line",
-        x0=_ts(x0),
-        x1=_ts(x1),
-        y0=y,
-        y1=y,
-        line={"color": color, "width": 1.5, "dash": "dash" if key == "caseness" else "dot"},
+    fig.shapes.append(
+        {
+            "type": "line",
+            "x0": _ts(x0),
+            "x1": _ts(x1),
+            "y0": y,
+            "y1": y,
+            "line": {"color": color, "width": 1.5, "dash": "dash" if key == "caseness" else "dot"},
+        }
     )
     _label(fig, x=_ts(x1), y=y, xanchor="right", yanchor="top" if below else "bottom", text=text, color=color)
 
 
-def _targets(fig: go.Figure, view: PatientView, inst: reg.Instrument, start: dt.date, end: dt.date) -> None:
+def _targets(fig: _Spec, view: PatientView, inst: reg.Instrument, start: dt.date, end: dt.date) -> None:
     """The caseness line, and the response and remission targets relative to this patient's baseline."""
     caseness, remission = view.threshold(inst.code, "caseness"), view.threshold(inst.code, "remission_below")
     latest = view.latest_outcome(inst.code)
@@ -137,73 +178,95 @@ def _targets(fig: go.Figure, view: PatientView, inst: reg.Instrument, start: dt.
         _target(fig, x0, end, y, text, key, below=close_above)
 
 
-def _scores(fig: go.Figure, view: PatientView, inst: reg.Instrument) -> None:
+def _scores(fig: _Spec, view: PatientView, inst: reg.Instrument) -> None:
     scores = view.scale_scores(inst.code)
     day = scores["day"].astype("object").where(scores["day"].notna(), "–")
     prorated = [" (prorated)" if _known_true(v) else "" for v in scores["prorated"]]
     safety = [f"<br>{text}" if isinstance(text, str) else "" for text in scores["safety_answer"]]
-    fig.add_scatter(
-        x=pd.to_datetime(scores["assessed_on"]),
-        y=scores["total"],
-        mode="lines+markers",
-        name=inst.code,
-        line={"color": INSTRUMENT_COLORS.get(inst.code, "#333333"), "width": 2.5},
-        marker={"size": 8},
-        customdata=np.column_stack([scores["band"].fillna("–"), scores["phase"], day, prorated, safety]),
-        hovertemplate="%{x|%d %b %Y} · day %{customdata[2]}<br><b>"
-        + inst.code
-        + " %{y}%{customdata[3]}</b> · %{customdata[0]}<br>%{customdata[1]}%{customdata[4]}<extra></extra>",
+    fig.data.append(
+        {
+            "type": "scatter",
+            "x": pd.to_datetime(scores["assessed_on"]),
+            "y": scores["total"],
+            "mode": "lines+markers",
+            "name": inst.code,
+            "line": {"color": INSTRUMENT_COLORS.get(inst.code, "#333333"), "width": 2.5},
+            "marker": {"size": 8},
+            "customdata": np.column_stack(
+                [scores["band"].fillna("–"), scores["phase"], day, prorated, safety]
+            ),
+            "hovertemplate": "%{x|%d %b %Y} · day %{customdata[2]}<br><b>"
+            + inst.code
+            + " %{y}%{customdata[3]}</b> · %{customdata[0]}"
+            "<br>%{customdata[1]}%{customdata[4]}<extra></extra>",
+        }
     )
     flagged = scores[scores["safety"].map(_known_true).astype(bool)]
     if not flagged.empty:
         items = ", ".join(map(str, inst.safety_items))
         answers = [max(i[k - 1] for k in inst.safety_items) for i in flagged["items"]]
-        fig.add_scatter(
-            x=pd.to_datetime(flagged["assessed_on"]),
-            y=flagged["total"],
-            mode="markers",
-            name=f"item {items} > 0 (safety)",
-            marker={"size": 17, "color": "rgba(0,0,0,0)", "line": {"color": SAFETY_COLOR, "width": 2.5}},
-            customdata=answers,
-            hovertemplate="%{x|%d %b %Y}<br><b>safety: item " + items + " = %{customdata}</b><extra></extra>",
+        fig.data.append(
+            {
+                "type": "scatter",
+                "x": pd.to_datetime(flagged["assessed_on"]),
+                "y": flagged["total"],
+                "mode": "markers",
+                "name": f"item {items} > 0 (safety)",
+                "marker": {
+                    "size": 17,
+                    "color": "rgba(0,0,0,0)",
+                    "line": {"color": SAFETY_COLOR, "width": 2.5},
+                },
+                "customdata": answers,
+                "hovertemplate": "%{x|%d %b %Y}<br><b>safety: item "
+                + items
+                + " = %{customdata}</b><extra></extra>",
+            }
         )
     latest = view.latest_outcome(inst.code)
     if latest.get("baseline") is not None and latest.get("baseline_on") is not None:
-        fig.add_scatter(
-            x=[_ts(latest["baseline_on"])],
-            y=[latest["baseline"]],
-            mode="markers+text",
-            name="baseline",
-            marker={
-                "symbol": "diamond",
-                "size": 14,
-                "color": "white",
-                "line": {"color": "#212121", "width": 2},
-            },
-            text=[f"baseline {latest['baseline']}"],
-            textposition="bottom right" if latest["baseline"] > inst.total_max * 0.75 else "top right",
-            textfont={"size": 11},
-            hovertemplate="baseline %{y} (%{x|%d %b %Y}): the last score in preparation<extra></extra>",
+        fig.data.append(
+            {
+                "type": "scatter",
+                "x": [_ts(latest["baseline_on"])],
+                "y": [latest["baseline"]],
+                "mode": "markers+text",
+                "name": "baseline",
+                "marker": {
+                    "symbol": "diamond",
+                    "size": 14,
+                    "color": "white",
+                    "line": {"color": "#212121", "width": 2},
+                },
+                "text": [f"baseline {latest['baseline']}"],
+                "textposition": "bottom right" if latest["baseline"] > inst.total_max * 0.75 else "top right",
+                "textfont": {"size": 11},
+                "hovertemplate": "baseline %{y} (%{x|%d %b %Y}): "
+                "the last score in preparation<extra></extra>",
+            }
         )
 
 
-def _sessions(fig: go.Figure, view: PatientView, inst: reg.Instrument) -> None:
+def _sessions(fig: _Spec, view: PatientView, inst: reg.Instrument) -> None:
     s = view.sessions
     if s.empty:
         return
     dissociation = s["dissociation"].astype("object").where(s["dissociation"].notna(), "–")
-    fig.add_scatter(
-        x=pd.to_datetime(s["session_date"]),
-        y=[-inst.total_max * 0.045] * len(s),
-        mode="markers",
-        name="dosing session",
-        marker={"symbol": "triangle-up", "size": 11, "color": SESSION_COLOR},
-        customdata=np.column_stack(
-            [s["session_no"], s["route"].fillna("–"), s["dose"], s["bp_pre"], s["bp_post"], dissociation]
-        ),
-        hovertemplate="session %{customdata[0]} · %{x|%d %b %Y}<br>%{customdata[1]} %{customdata[2]}"
-        "<br>BP %{customdata[3]} → %{customdata[4]}"
-        "<br>dissociation (CADSS-6) %{customdata[5]}<extra></extra>",
+    fig.data.append(
+        {
+            "type": "scatter",
+            "x": pd.to_datetime(s["session_date"]),
+            "y": [-inst.total_max * 0.045] * len(s),
+            "mode": "markers",
+            "name": "dosing session",
+            "marker": {"symbol": "triangle-up", "size": 11, "color": SESSION_COLOR},
+            "customdata": np.column_stack(
+                [s["session_no"], s["route"].fillna("–"), s["dose"], s["bp_pre"], s["bp_post"], dissociation]
+            ),
+            "hovertemplate": "session %{customdata[0]} · %{x|%d %b %Y}<br>%{customdata[1]} %{customdata[2]}"
+            "<br>BP %{customdata[3]} → %{customdata[4]}"
+            "<br>dissociation (CADSS-6) %{customdata[5]}<extra></extra>",
+        }
     )
 
 
@@ -215,31 +278,40 @@ def score_trend(
     relative to this patient's baseline, safety answers ringed."""
     inst = reg.get(code)
     start, end = x_range(view)
-    fig = go.Figure()
+    fig = _Spec()
     _severity_background(fig, inst, view.threshold(inst.code, "caseness"))
     _phase_bands(fig, view, start, end)
     _targets(fig, view, inst, start, end)
     _scores(fig, view, inst)
     _sessions(fig, view, inst)
     if start <= view.today <= end:
-        fig.add_vline(x=_ts(view.today), line={"color": "#9e9e9e", "width": 1, "dash": "dot"})
+        fig.shapes.append(
+            {
+                "type": "line",
+                "xref": "x",
+                "x0": _ts(view.today),
+                "x1": _ts(view.today),
+                "yref": "y domain",
+                "y0": 0,
+                "y1": 1,
+                "line": {"color": "#9e9e9e", "width": 1, "dash": "dot"},
+            }
+        )
         _label(fig, x=_ts(view.today), y=inst.total_max, xanchor="right", yanchor="top", text="today ")
-    fig.update_xaxes(range=[_ts(start), _ts(end)], showgrid=False)
-    fig.update_yaxes(
-        range=[-inst.total_max * 0.09, inst.total_max * 1.05],
-        title=f"{inst.code} total (0–{inst.total_max})",
-        zeroline=False,
-        gridcolor="rgba(0,0,0,0.06)",
-    )
-    base_layout(fig, height=height, title=f"{inst.code} · {inst.construct}" if title else None)
-    fig.update_layout(
-        margin={"l": 10, "r": 120, "t": 110 if title else 70, "b": 10},
-        legend={"y": 1.1, "yanchor": "bottom"},
-        hovermode="closest",
-    )
+    layout = layout_dict(height=height, title=f"{inst.code} · {inst.construct}" if title else None)
+    layout["xaxis"] = {"range": [_ts(start), _ts(end)], "showgrid": False}
+    layout["yaxis"] = {
+        "range": [-inst.total_max * 0.09, inst.total_max * 1.05],
+        "title": {"text": f"{inst.code} total (0–{inst.total_max})"},
+        "zeroline": False,
+        "gridcolor": "rgba(0,0,0,0.06)",
+    }
+    layout["margin"] = {"l": 10, "r": 120, "t": 110 if title else 70, "b": 10}
+    layout["legend"] = {**layout["legend"], "y": 1.1, "yanchor": "bottom"}
+    layout["hovermode"] = "closest"
     if width:
-        fig.update_layout(width=width)
-    return fig
+        layout["width"] = width
+    return fig.figure(layout)
 
 
 def item_heatmap(view: PatientView, code: str, *, width: int | None = None) -> go.Figure | None:
@@ -269,32 +341,34 @@ def item_heatmap(view: PatientView, code: str, *, width: int | None = None) -> g
         "texttemplate": "%{z}",
         "textfont": {"size": 11},
     }
-    fig = go.Figure()
-    fig.add_heatmap(
-        z=main,
-        colorscale=[[0, "#f7fbff"], [1, "#2171b5"]],
-        hovertemplate="%{y}<br>answer %{z} of " + str(inst.item_max) + "<extra></extra>",
-        **common,
+    fig = _Spec()
+    fig.data.append(
+        {
+            "type": "heatmap",
+            "z": main,
+            "colorscale": [[0, "#f7fbff"], [1, "#2171b5"]],
+            "hovertemplate": "%{y}<br>answer %{z} of " + str(inst.item_max) + "<extra></extra>",
+            **common,
+        }
     )
     if safety_rows:
         safety = np.full_like(values, np.nan)
         safety[safety_rows, :] = values[safety_rows, :]
-        fig.add_heatmap(
-            z=safety,
-            colorscale=[[0, "#fff5f5"], [0.01, "#fcbba1"], [1, "#a50f15"]],
-            hovertemplate="<b>%{y}</b> (safety item)<br>answer %{z} of "
-            + str(inst.item_max)
-            + "<extra></extra>",
-            **common,
+        fig.data.append(
+            {
+                "type": "heatmap",
+                "z": safety,
+                "colorscale": [[0, "#fff5f5"], [0.01, "#fcbba1"], [1, "#a50f15"]],
+                "hovertemplate": "<b>%{y}</b> (safety item)<br>answer %{z} of "
+                + str(inst.item_max)
+                + "<extra></extra>",
+                **common,
+            }
         )
     ticktext = [
         f"<b><span style='color:{SAFETY_COLOR}'>{label} ⚠</span></b>" if n in inst.safety_items else label
         for n, label in enumerate(labels, start=1)
     ]
-    fig.update_yaxes(
-        autorange="reversed", tickmode="array", tickvals=labels, ticktext=ticktext, type="category"
-    )
-    fig.update_xaxes(tickmode="array", tickvals=x, ticktext=columns, tickfont={"size": 10}, side="top")
     for name, items in inst.subscales.items():
         _label(
             fig,
@@ -306,11 +380,39 @@ def item_heatmap(view: PatientView, code: str, *, width: int | None = None) -> g
             color="#616161",
         )
         if items[0] > 1:
-            fig.add_hline(y=items[0] - 1.5, line={"color": "#424242", "width": 2})
-    base_layout(fig, height=60 + 24 * inst.n_items, title=None)
-    fig.update_layout(margin={"l": 10, "r": 30 if inst.subscales else 10, "t": 40, "b": 10}, showlegend=False)
-    fig.update_xaxes(showgrid=False)
-    fig.update_yaxes(showgrid=False)
+            y = items[0] - 1.5
+            line = {"color": "#424242", "width": 2}
+            fig.shapes.append(
+                {
+                    "type": "line",
+                    "xref": "x domain",
+                    "x0": 0,
+                    "x1": 1,
+                    "yref": "y",
+                    "y0": y,
+                    "y1": y,
+                    "line": line,
+                }
+            )
+    layout = layout_dict(height=60 + 24 * inst.n_items, title=None)
+    layout["yaxis"] = {
+        "autorange": "reversed",
+        "tickmode": "array",
+        "tickvals": labels,
+        "ticktext": ticktext,
+        "type": "category",
+        "showgrid": False,
+    }
+    layout["xaxis"] = {
+        "tickmode": "array",
+        "tickvals": x,
+        "ticktext": columns,
+        "tickfont": {"size": 10},
+        "side": "top",
+        "showgrid": False,
+    }
+    layout["margin"] = {"l": 10, "r": 30 if inst.subscales else 10, "t": 40, "b": 10}
+    layout["showlegend"] = False
     if width:
-        fig.update_layout(width=width)
-    return fig
+        layout["width"] = width
+    return fig.figure(layout)

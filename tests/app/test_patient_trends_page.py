@@ -12,7 +12,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import kapui.patient as ui
-from kapdata import db
+from kapdata import db, ingest, settings
 from kapdata import patient as pt
 
 from ..test_patient import TODAY, build_cohort, build_safety_cohort
@@ -115,11 +115,15 @@ def test_deep_link_reloads_to_the_same_patient_view(cohort_env):
     assert at.title[0].value == "Patient D1"
     assert any("Reliable deterioration" in w.value and "GAD-7" in w.value for w in at.warning)
     assert [t.label for t in at.tabs] == ["GAD-7", "PCL-5"]
-    # GAD-7: the trend (no items); PCL-5: the trend and the item heatmap
-    assert len(at.get("plotly_chart")) == 3
+    # Only the open tab is drawn. GAD-7: the trend (no items)
+    assert len(at.get("plotly_chart")) == 1
+    assert at.get("download_button")[0].label == "Progress report (HTML)"
+    # PCL-5: the trend, the item heatmap and the clusters
+    at.session_state[ui.scale_tab_key("D1")] = "PCL-5"
+    at.run()
+    assert len(at.get("plotly_chart")) == 2
     clusters = at.dataframe[0].value
     assert clusters["dsm5_met"].tolist() == [True, False]
-    assert at.get("download_button")[0].label == "Progress report (HTML)"
 
 
 def test_unknown_patient_in_the_url_warns_and_shows_the_caseload(cohort_env):
@@ -259,3 +263,122 @@ def test_a_long_caseload_is_paged_and_a_row_on_page_two_opens_that_patient(app_e
     at.session_state[f"{ui.TABLE_KEY}_0"] = {"selection": {"rows": [3], "columns": [], "cells": []}}
     at.run()
     assert at.title[0].value == f"Patient {second[3]}"  # the fourth row of page two, not of page one
+
+
+# --- what the browser is sent stays small (issue 14) ----------------------------------------------------
+
+
+def _trend_spec(at: AppTest) -> dict:
+    import json
+
+    return json.loads(at.get("plotly_chart")[0].proto.spec)
+
+
+def _labels(spec: dict) -> list[str]:
+    return [a["text"] for a in spec["layout"]["annotations"]]
+
+
+@pytest.fixture()
+def own_cohort_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A writable copy of the hand-made cohort (these tests change its data or settings)."""
+    path = build_cohort(tmp_path)
+    monkeypatch.setenv("KAP_DB", str(path))
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(ui, "today", lambda: TODAY)
+    return path
+
+
+def test_the_figures_are_built_once_per_data_version(own_cohort_env, monkeypatch):
+    built: list[str] = []
+    real = ui.charts.score_trend
+
+    def counting(view, code, **kw):
+        built.append(f"{view.patient_id} {code}")
+        return real(view, code, **kw)
+
+    monkeypatch.setattr(ui.charts, "score_trend", counting)
+    at = open_page(patient="S1")
+    at.run()
+    at.run()
+    assert built == ["S1 PHQ-9"]  # reruns (a tab, a note typed) reuse it
+    assert "clinical range ≥ 10" in _labels(_trend_spec(at))
+
+
+def test_a_settings_change_shows_in_the_cached_figure(own_cohort_env):
+    at = open_page(patient="S1")
+    assert "clinical range ≥ 10" in _labels(_trend_spec(at))
+    settings.update(own_cohort_env, thresholds={"PHQ-9": {"caseness": 12}})
+    at.run()
+    assert "clinical range ≥ 12" in _labels(_trend_spec(at))
+
+
+def test_an_import_shows_in_the_cached_figure(own_cohort_env, tmp_path):
+    at = open_page(patient="S1")
+    assert len(_trend_spec(at)["data"][0]["x"]) == 2
+    extra = tmp_path / "more" / "scores.csv"
+    extra.parent.mkdir()
+    extra.write_text("patient_id,instrument,assessed_on,total\nS1,PHQ-9,2025-06-28,7\n", encoding="utf-8")
+    ingest.load_files([extra], own_cohort_env)
+    at.run()
+    trend = _trend_spec(at)["data"][0]
+    assert len(trend["x"]) == 3 and trend["x"][-1].startswith("2025-06-28")
+
+
+def test_dropping_the_cached_queries_rebuilds_the_figures(own_cohort_env, monkeypatch):
+    """What an import, an undo or a settings change made on the page does (kapui.data.clear_caches), even if
+    the file's fingerprint did not move."""
+    from kapui import data
+
+    built: list[str] = []
+    real = ui.charts.score_trend
+    monkeypatch.setattr(ui.charts, "score_trend", lambda v, c, **kw: built.append(c) or real(v, c, **kw))
+    at = open_page(patient="S1")
+    data.clear_caches()
+    at.run()
+    assert built == ["PHQ-9", "PHQ-9"]
+
+
+def test_the_picker_lists_a_bounded_number_of_patients(cohort_env, monkeypatch):
+    """A typed ID that is not listed opens too (the browser test types one: AppTest cannot)."""
+    monkeypatch.setattr(ui, "PICKER_OPTIONS", 2)
+    at = open_page()
+    picker = at.selectbox(key=ui.PICK_KEY)
+    assert picker.options == ["S1", "D1"]  # the first of the ranked caseload
+    assert "shows 2 of 6 patients; type any patient ID" in picker.help
+    picker.select("D1").run()
+    assert at.title[0].value == "Patient D1"
+    # On the patient view: this patient and its neighbours by ID (D1, N1, O1, R1, R2, S1)
+    assert at.selectbox(key=ui.PICK_KEY).options == ["D1", "N1"]
+    at.query_params[ui.PARAM] = "R1"
+    at.run()
+    assert at.selectbox(key=ui.PICK_KEY).options == ["O1", "R1"]
+
+
+def test_an_id_that_is_no_patient_offers_the_patients_whose_id_contains_it(cohort_env):
+    at = open_page(patient="1")
+    assert any("No patient with this ID" in w.value for w in at.warning)
+    offered = [b.label for b in at.button if b.key and b.key.startswith("suggest_")]
+    assert offered == ["D1", "N1", "O1", "R1", "S1"]
+    next(b for b in at.button if b.label == "O1").click().run()
+    assert at.title[0].value == "Patient O1"
+    at = open_page(patient="zz")
+    assert not [b for b in at.button if b.key and b.key.startswith("suggest_")]
+
+
+def test_picker_options_and_suggestions(monkeypatch):
+    monkeypatch.setattr(ui, "PICKER_OPTIONS", 4)
+    ids = [f"K{n}" for n in range(10)]
+    assert ui.picker_options(ids) == ["K0", "K1", "K2", "K3"]
+    assert ui.picker_options(ids, "K5") == ["K3", "K4", "K5", "K6"]
+    assert ui.picker_options(ids, "K9") == ["K6", "K7", "K8", "K9"]
+    assert ui.picker_options(ids, "K0") == ["K0", "K1", "K2", "K3"]
+    assert ui.picker_options(ids, "other") == ["K0", "K1", "K2", "K3"]
+    assert ui.picker_options(ids[:3], "K1") == ["K0", "K1", "K2"]
+    assert ui.suggestions(["K10", "k1", "X1", "K100"], " k1 ") == ["k1", "K10", "K100"]
+    assert ui.suggestions(ids, "") == []
+
+
+def test_a_selection_state_names_its_row():
+    assert ui._selected_row({"selection": {"rows": [3], "columns": []}}) == 3
+    assert ui._selected_row({"selection": {"rows": []}}) is None
+    assert ui._selected_row(None) is None

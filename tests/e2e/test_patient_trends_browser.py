@@ -55,3 +55,23 @@ def test_clicking_a_caseload_row_opens_that_patient_and_the_back_button_returns(
     page.get_by_role("button", name="← Caseload").click()
     page.get_by_role("heading", name="Patient trends").wait_for(timeout=30000)
     page.wait_for_url(lambda url: "patient=" not in url, timeout=30000)
+
+
+def test_a_typed_patient_id_opens_that_patient_even_when_the_list_leaves_it_out(
+    app_url: str, page, e2e_db: Path
+) -> None:
+    """The picker lists a bounded number of patients (issue 14); any ID typed and entered opens."""
+    with db.reader(e2e_db) as con:
+        frame = pt.caseload(con)
+    target = str(frame.loc[frame["phase"] == "follow-up", "patient_id"].iloc[0])
+    _open_app(page, app_url)
+    page.goto(f"{app_url}/patient_trends")
+    wait_rendered(page)
+    page.locator('[data-testid="stButtonGroup"] button').filter(has_text="follow-up").first.click()
+    wait_rendered(page)  # follow-up patients are no longer in the table nor in the picker's list
+    box = page.locator('[data-testid="stSelectbox"] input').first
+    box.click()
+    box.fill(target)
+    box.press("Enter")
+    page.get_by_role("heading", name=f"Patient {target}").wait_for(timeout=30000)
+    page.wait_for_url(re.compile(rf"patient={target}"), timeout=30000)
