@@ -91,3 +91,11 @@ def test_reading_checks_the_schema_with_one_query(small_db: Path, monkeypatch: p
         pass
     assert len(seen) == 1
     assert "FROM meta" in seen[0] and "information_schema" not in seen[0]
+
+
+def test_load_of_a_native_csv_imports_no_pandas(tmp_path: Path) -> None:
+    got = _imported(
+        "load", str(REPO / "sample_data" / "patients.csv"), "--db", str(tmp_path / "k.duckdb"), cwd=tmp_path
+    )
+    assert got["code"] == 0
+    assert "pandas" not in got["heavy"]  # the column-mapping preview imports it only when it runs

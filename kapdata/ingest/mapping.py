@@ -24,10 +24,9 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import duckdb
-import pandas as pd
 import pyarrow as pa
 
 from kapdata import instruments as reg
@@ -43,6 +42,9 @@ from kapdata.ingest.contract import (
     identifier_kind,
 )
 from kapdata.ingest.readers import FileError, _read_raw, read_header
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 Layout = Literal["long", "wide", "redcap"]
 LAYOUTS: tuple[str, ...] = ("long", "wide", "redcap")
@@ -416,6 +418,8 @@ def preview(path: Path, mapping: Mapping, n: int = PREVIEW_ROWS, *, key: bytes |
     (``_kap_error``). REDCap record ids are hashed with ``key`` (the database's own, from
     :func:`kapdata.ingest.sources.read_key`), else with a throwaway key: then they are only a preview."""
     import secrets
+
+    import pandas as pd
 
     src = SourceFile(Path(path), Path(path).name)
     parts, _notes = convert(src, mapping, key=key or secrets.token_bytes(32), limit=n)
