@@ -55,7 +55,7 @@ class Validator(Stager):
         )
         self.con.execute(sql, {"today": self.today} if "$today" in sql else None)
         st.clean_ready = True
-        found = self.con.execute(f"SELECT count(*) FROM {clean} WHERE NOT ok").fetchone()
+        found = self.con.execute("SELECT count(*) FROM query_table(?) WHERE NOT ok", [clean]).fetchone()
         if not found or found[0] == 0:
             return
         failed = st.table + "_bad"
