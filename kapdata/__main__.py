@@ -125,14 +125,18 @@ def _check_db(a: argparse.Namespace) -> None:
             break
 
 
+def _is_fhir_folder(path: Path) -> bool:
+    from kapdata import fhir  # pydantic: only when a folder is given
+
+    return fhir.is_fhir(path)
+
+
 def _check_inputs(files: Sequence[str], *, mapped: bool = False) -> None:
     """Files to load are regular files (a device such as /dev/zero or a pipe is refused; a folder only as
     a folder of FHIR files); a missing file is left to the import's own report."""
-    from kapdata import fhir
-
     for name in files:
         p = Path(name)
-        if p.is_dir() and (mapped or not fhir.is_fhir(p)):
+        if p.is_dir() and (mapped or not _is_fhir_folder(p)):
             raise CliError(
                 f"{name}: is a folder, not a file; give the files inside it (a folder is read only when it "
                 "holds FHIR .json or .ndjson files)",

@@ -764,6 +764,74 @@ def test_dry_run_reports_and_changes_nothing(tmp_path, base_db):
     assert snapshot(base_db) == before
 
 
+# ------------------------------------------------------------------------- files read where they are
+
+
+def _many_scores(n: int, bad: dict[int, str]) -> str:
+    """``n`` PHQ-9 rows (each its own patient), a total of 99 (out of range) on the given data rows (1-based)
+    with that row's text in the total cell instead."""
+    lines = [SCORES_HEADER]
+    for i in range(1, n + 1):
+        lines.append(f"Q{i:06d},PHQ-9,2025-01-05,{bad.get(i, str(i % 28))}")
+    return "\n".join(lines) + "\n"
+
+
+def test_a_large_csv_is_read_in_place_and_its_bad_rows_keep_their_numbers_and_text(
+    tmp_path, base_db, monkeypatch
+):
+    # Large enough for several chunks read in parallel: the row numbers come from the rows' order.
+    from kapdata.ingest import staging
+
+    calls: list[str] = []
+    real = staging._view_csv
+    monkeypatch.setattr(staging, "_view_csv", lambda *a: calls.append(a[2]) or real(*a))
+    bad = {7: "99", 12_345: "x1", 59_999: "7.5"}
+    f = write_text(tmp_path / "many.csv", _many_scores(60_000, bad))
+    rejects = tmp_path / "rejects.csv"
+    res = load(base_db, f, on_error="quarantine", rejects=rejects)
+    assert calls == ["raw_0_csv"]  # read where it is, not copied first
+    got = res.files[0]
+    assert (got.rows_read, got.rows_loaded, got.rows_rejected) == (60_000, 59_997, 3)
+    out = pd.read_csv(rejects, dtype=str, keep_default_na=False)
+    # Data row i is spreadsheet row i + 1 (under the header); the values are the file's own text.
+    assert out[["patient_id", "total", "_row"]].values.tolist() == [
+        ["Q000007", "99", "8"],
+        ["Q012345", "x1", "12346"],
+        ["Q059999", "7.5", "60000"],
+    ]
+    assert query(base_db, "SELECT count(*), sum(total) FROM scores WHERE patient_id LIKE 'Q%'") == [
+        (59_997, sum(i % 28 for i in range(1, 60_001) if i not in bad))
+    ]
+
+
+def test_a_file_that_changes_while_it_is_loaded_is_refused_whole(tmp_path, base_db, monkeypatch):
+    from kapdata.ingest.staging import Stager
+
+    f = write_text(tmp_path / "s.csv", _many_scores(50, {}))
+    real = Stager._stage
+
+    def stage_then_append(self, index, src):  # another program writes to the file after it was staged
+        staged = real(self, index, src)
+        with open(src.path, "a", encoding="utf-8") as out:
+            out.write("Q999999,PHQ-9,2025-01-06,4\n")
+        return staged
+
+    monkeypatch.setattr(Stager, "_stage", stage_then_append)
+    problem = only_error(rejected(base_db, f))
+    assert (problem.file, problem.row) == ("s.csv", None)
+    assert problem.reason.startswith("the file changed while it was being loaded")
+
+
+def test_a_bad_byte_far_down_an_ignored_column_still_refuses_the_file(tmp_path, base_db):
+    # Beyond what the CSV reader samples, in a column the contract ignores (a rejects file's _errors).
+    rows = [f"Q{i:06d},PHQ-9,2025-01-05,3,".encode() for i in range(1, 40_001)]
+    rows[35_000] += b"caf\xe9"
+    f = tmp_path / "s.csv"
+    f.write_bytes(b"\n".join([(SCORES_HEADER + ",_errors").encode(), *rows]) + b"\n")
+    problem = only_error(rejected(base_db, f))
+    assert problem.reason.startswith("the file is not UTF-8 text"), problem.reason
+
+
 # --------------------------------------------------------------------------------------- re-import
 
 

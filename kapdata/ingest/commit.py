@@ -150,7 +150,9 @@ class Loader(Validator):
         self.con.execute("DROP VIEW IF EXISTS " + st.table)
         for table in (st.table + "_clean", st.table + "_bad", f"inst_keys_{int(st.index)}", "new_rows"):
             self.con.execute("DROP TABLE IF EXISTS " + table)
-        if not keep_raw:
+        if st.direct:
+            self.con.execute("DROP VIEW IF EXISTS " + st.raw)  # the file itself: nothing to keep
+        elif not keep_raw:
             self.con.execute("DROP TABLE IF EXISTS " + st.raw)
 
     def _write_rejects(self, st: _Staged, target: Path) -> None:
@@ -176,7 +178,7 @@ class Loader(Validator):
 
 
 _WORK_TABLE_RE = re.compile(
-    r"^((raw|parsed)_\d+(_clean|_bad)?|row_errors|load_patients|inst_keys(_\d+)?|new_rows|reject_reasons|"
+    r"^(raw_\d+(_csv)?|parsed_\d+(_clean|_bad)?|row_errors|load_patients|inst_keys(_\d+)?|new_rows|reject_reasons|"
     r"still_used|key_conflicts)$"
 )
 

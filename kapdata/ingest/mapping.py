@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import duckdb
-import pyarrow as pa
 
 from kapdata import instruments as reg
 from kapdata.ingest.checks import _lit
@@ -45,6 +44,7 @@ from kapdata.ingest.readers import FileError, _read_raw, read_header
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
 
 Layout = Literal["long", "wide", "redcap"]
 LAYOUTS: tuple[str, ...] = ("long", "wide", "redcap")

@@ -410,6 +410,7 @@ def load_with_connection(
         for st in staged:
             parse = {"patients": loader._parse_patients, "sessions": loader._parse_sessions}
             parse.get(st.result.kind or "scores", loader._parse_scores)(st)
+            file_errors = file_errors or loader.changed  # a file that changed while read: refused whole
             # Insert as we go so later files (scores) see this call's patients and sessions.
             if not file_errors and not (on_error == "reject" and loader.has_row_errors()):
                 loader._insert(st)

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import duckdb
-import pyarrow as pa
 
 from kapdata.ingest.contract import (
     ITEM_COLUMN_RE,
@@ -24,8 +23,19 @@ from kapdata.ingest.contract import (
 
 def fingerprint(path: Path) -> tuple[str, bool]:
     """The file's sha256, and whether it has a blank line (read once, in chunks)."""
+    sha, blank, _text = scan(path)
+    return sha, blank
+
+
+def scan(path: Path) -> tuple[str, bool, bool]:
+    """The file's sha256, whether it has a blank line, and whether it is plain UTF-8 text (no NUL byte),
+    in one read, in chunks."""
+    import codecs
+
     h = hashlib.sha256()
     blank = False
+    text = True
+    decoder = codecs.getincrementaldecoder("utf-8")()
     tail = b""
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -34,7 +44,18 @@ def fingerprint(path: Path) -> tuple[str, bool]:
                 window = tail + chunk  # a blank line may straddle two chunks
                 blank = b"\n\n" in window or b"\n\r\n" in window
                 tail = chunk[-2:]
-    return h.hexdigest(), blank
+            if text:
+                try:
+                    decoder.decode(chunk)
+                except UnicodeDecodeError:
+                    text = False
+                text = text and b"\x00" not in chunk
+    if text:
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            text = False
+    return h.hexdigest(), blank, text
 
 
 class FileError(Exception):
@@ -191,6 +212,36 @@ def _quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+#: How every CSV file is read: each cell as text, RFC 4180 quoting, UTF-8.
+_CSV_OPTIONS = (
+    "all_varchar = true, header = true, quote = '\"', escape = '\"', encoding = 'utf-8', null_padding = false"
+)
+
+
+def _view_csv(con: duckdb.DuckDBPyConnection, src: SourceFile, view: str, n_columns: int) -> int:
+    """A CSV file of plain UTF-8 text (:func:`scan`) as temp view ``view`` over the file itself, with every
+    cell as text: nothing is copied; the rows are read where they are used. Returns the number of rows
+    (reading them once: a malformed row is found here, as :func:`_read_raw` finds it)."""
+    # The path and delimiter are values, not SQL: session variables the view reads (a view holds no
+    # parameters).
+    con.execute("SET VARIABLE " + view + "_path = ?", [str(src.path)])
+    con.execute("SET VARIABLE " + view + "_delim = ?", [_delimiter(src.path)])
+    try:
+        con.execute(
+            "CREATE OR REPLACE TEMP VIEW "
+            + view
+            + " AS SELECT * FROM read_csv(getvariable('"
+            + view
+            + "_path'), "
+            "delim = getvariable('" + view + "_delim'), " + _CSV_OPTIONS + ")"
+        )
+        row = con.execute("SELECT count(*) FROM " + view).fetchone()
+    except duckdb.Error:
+        con.execute("DROP VIEW IF EXISTS " + view)
+        raise _diagnose_csv(src.path, n_columns) from None
+    return int(row[0]) if row else 0
+
+
 def _read_raw(con: duckdb.DuckDBPyConnection, src: SourceFile, table: str, n_columns: int) -> int:
     """Load the file into temp table ``table`` with every cell as text; return the row offset."""
     suffix = src.path.suffix.lower()
@@ -200,14 +251,16 @@ def _read_raw(con: duckdb.DuckDBPyConnection, src: SourceFile, table: str, n_col
                 con.execute(
                     "CREATE TEMP TABLE "
                     + table
-                    + " AS SELECT * FROM read_csv(?, all_varchar = true, header = true, "
-                    "delim = ?, quote = '\"', escape = '\"', encoding = 'utf-8', null_padding = false)",
+                    + " AS SELECT * FROM read_csv(?, delim = ?, "
+                    + _CSV_OPTIONS
+                    + ")",
                     [str(src.path), _delimiter(src.path)],
                 )
             except duckdb.Error:
                 raise _diagnose_csv(src.path, n_columns) from None
             return 2
         if suffix in (".parquet", ".pq"):
+            import pyarrow as pa
             import pyarrow.compute as pc
             import pyarrow.parquet as pq
 

@@ -8,14 +8,16 @@ import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from kapdata.ingest.contract import Kind, SourceFile
 from kapdata.ingest.mapping import Mapping, MappingError
 from kapdata.ingest.readers import FileError, fingerprint
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 FHIR_SUFFIXES = (".json", ".ndjson")
 #: meta key of the per-database secret that pseudonymises FHIR ids and REDCap record ids.
@@ -113,6 +115,8 @@ def skipped_line(skipped: dict[str, int], shown: int = 8) -> str:
 
 
 def _fhir(src: SourceFile, key: bytes | None, ids_are_pseudonymous: bool) -> Converted:
+    import pyarrow.compute as pc
+
     from kapdata import fhir
 
     if not src.path.exists():

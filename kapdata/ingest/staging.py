@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import duckdb
-import pyarrow as pa
-import pyarrow.compute  # noqa: F401 - pa.compute
 
 from kapdata.ingest.contract import (
     COLUMNS,
@@ -29,10 +27,14 @@ from kapdata.ingest.readers import (
     _diagnose_csv,
     _read_raw,
     _spreadsheet_rows,
-    fingerprint,
+    _view_csv,
     read_header,
+    scan,
 )
 from kapdata.ingest.report import FileResult, LoadResult, Problem
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 # ------------------------------------------------------------------------------------------- the load
 
@@ -53,6 +55,10 @@ class _Staged:
     has_duplicate_keys: bool = True  # rows sharing a key in the file (identical ones collapse on insert)
     has_kap_error: bool = False  # a converted source: ``_kap_error`` holds a row's refusal by its converter
     label: str | None = None  # a converted part: "" or the scale it holds (None: a native file)
+    #: ``raw`` is a view over the CSV file itself (nothing copied): the row numbers are those of the
+    #: ``<table>_clean`` rows (kept in file order); ``Stager._text_table`` makes the copy if it is needed.
+    direct: bool = False
+    define_parsed: Callable[[], str] | None = None  # the SQL creating the parsed view (re-run on a copy)
 
 
 class Stager:
@@ -71,6 +77,8 @@ class Stager:
         self.new_patients = new_patients
         self.today = today or dt.date.today()
         self.result = LoadResult()
+        #: A file read where it is (``_Staged.direct``) gave other rows on a later read: it changed meanwhile.
+        self.changed = False
 
     # -- helpers
     def _problem(
@@ -86,7 +94,7 @@ class Stager:
         self.result.problems.append(Problem(src.name, row, column, value, reason, severity))
 
     def _stage(self, index: int, src: SourceFile) -> _Staged | None:
-        sha, has_blank_line = fingerprint(src.path) if src.path.exists() else ("", False)
+        sha, has_blank_line, plain_text = scan(src.path) if src.path.exists() else ("", False, False)
         result = FileResult(src.name, None, sha)
         self.result.files.append(result)
         raw = f"raw_{index}"
@@ -156,8 +164,16 @@ class Stager:
                 )
         if any(p.file == src.name and p.severity == "error" for p in self.result.problems):
             return None
+        # A plain UTF-8 CSV file without blank lines is read where it is (a view), not copied: one copy of a
+        # large file less to write and to hold in memory. Anything else is copied as text first.
+        direct = src.path.suffix.lower() in _CSV_SUFFIXES and plain_text and not has_blank_line
         try:
-            offset = _read_raw(self.con, src, raw, len(header))
+            if direct:
+                raw += "_csv"
+                count: tuple[int, int] | None = (_view_csv(self.con, src, raw, len(header)), 0)
+                offset = 2
+            else:
+                offset = _read_raw(self.con, src, raw, len(header))
         except FileError as exc:
             self._problem(src, str(exc), row=exc.row, column=None, value=None)
             return None
@@ -166,7 +182,8 @@ class Stager:
         for pos, row in enumerate(described, start=1):
             name = normalize_header(header[pos - 1] if len(header) == len(described) else str(row[0]))
             positions.setdefault(name, pos)
-        count = self.con.execute("SELECT count(*), coalesce(min(rowid), 0) FROM " + raw).fetchone()
+        if not direct:
+            count = self.con.execute("SELECT count(*), coalesce(min(rowid), 0) FROM " + raw).fetchone()
         result.rows_read = int(count[0]) if count else 0
         if result.rows_read == 0 and src.path.suffix.lower() in _CSV_SUFFIXES:
             # DuckDB's sniffer can return no rows for a short file with a malformed row: say which row.
@@ -189,6 +206,8 @@ class Stager:
         row_numbers = _spreadsheet_rows(src.path) if has_blank_line else None
         if row_numbers is not None and len(row_numbers) == result.rows_read:
             # Blank lines: number each row from the file itself (the rows keep their order).
+            import pyarrow as pa
+
             numbers = pa.table({"_idx": range(len(row_numbers)), "_kap_row": row_numbers})  # noqa: F841
             base = int(count[1]) if count else 0
             self.con.execute(
@@ -218,8 +237,15 @@ class Stager:
             raw,
             positions,
             items if kind == "scores" else [],
-            row_expr="_kap_row" if mapped else f"CAST(rowid + {offset} AS BIGINT)",
+            row_expr=(
+                "CAST(NULL AS BIGINT)"  # numbered in <table>_clean, from its rows' order
+                if direct
+                else "_kap_row"
+                if mapped
+                else f"CAST(rowid + {offset} AS BIGINT)"
+            ),
             index=index,
+            direct=direct,
         )
 
     def _stage_table(
@@ -229,6 +255,9 @@ class Stager:
         ``_kap_row`` (the source's own row, line or entry number) and optionally ``_kap_error`` (non-empty:
         the converter refuses that row, for that reason). They then go through the same validation as a
         native file's rows."""
+        import pyarrow as pa
+        import pyarrow.compute  # noqa: F401 - pa.compute
+
         result = FileResult(src.name, kind, sha)
         self.result.files.append(result)
         raw = f"raw_{index}"
@@ -274,6 +303,54 @@ class Stager:
             has_kap_error="_kap_error" in positions,
             label=label,
         )
+
+    def _create_parsed(self, st: _Staged, build: Callable[[], str]) -> None:
+        """Create the parsed view; ``build`` gives its SQL from ``st`` as it is then (run again by
+        :meth:`_text_table` once the cells are copied)."""
+        st.define_parsed = build
+        self.con.execute(build())
+
+    def _same_rows(self, st: _Staged, table: str) -> int | None:
+        """The first rowid of ``table``, a read of a direct file, if it has the rows staging counted; else
+        (the file changed between the reads) the file is refused and None."""
+        row = self.con.execute("SELECT count(*), coalesce(min(rowid), 0) FROM " + table).fetchone()
+        if row and int(row[0]) == st.result.rows_read:
+            return int(row[1])
+        self.changed = True
+        self._problem(
+            st.src,
+            "the file changed while it was being loaded (another program wrote to it): nothing from it was "
+            "loaded; load it again once it is saved",
+            row=None,
+            column=None,
+            value=None,
+        )
+        return None
+
+    def _number_clean(self, st: _Staged) -> None:
+        """A direct file's checked rows (``<table>_clean``, written in the file's order) get their row
+        numbers from that order: the first data row is 2, under the header."""
+        clean = st.table + "_clean"
+        base = self._same_rows(st, clean)
+        if base is None:
+            self.con.execute("UPDATE " + clean + " SET ok = false")
+            return
+        self.con.execute(f"UPDATE {clean} SET row_no = rowid + {2 - base}")
+
+    def _text_table(self, st: _Staged) -> None:
+        """A direct file's cells copied as text into ``raw_<n>``, numbered as its ``<table>_clean`` rows are,
+        and the parsed view re-created over the copy: only a file with bad rows needs it (to show their
+        values and write its rejects file)."""
+        if not st.direct:
+            return
+        view, table = st.raw, st.raw.removesuffix("_csv")
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT * FROM {view}")
+        base = self._same_rows(st, table)
+        st.raw, st.direct = table, False
+        self.con.execute("DROP VIEW IF EXISTS " + view)
+        st.row_expr = f"CAST(rowid + {2 - (base or 0)} AS BIGINT)"
+        if st.define_parsed is not None:
+            self.con.execute(st.define_parsed())
 
     def _select_text(self, st: _Staged, columns: Iterable[str]) -> str:
         """SELECT list projecting the raw table's columns (by position) as trimmed text or NULL."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from kapdata import instruments as reg
 from kapdata.ingest.checks import (
@@ -55,9 +55,14 @@ class Validator(Stager):
         )
         self.con.execute(sql, {"today": self.today} if "$today" in sql else None)
         st.clean_ready = True
+        if st.direct:
+            self._number_clean(st)
+            if self.changed:
+                return
         found = self.con.execute("SELECT count(*) FROM query_table(?) WHERE NOT ok", [clean]).fetchone()
         if not found or found[0] == 0:
             return
+        self._text_table(st)  # the failing rows' cells, as the file has them
         failed = st.table + "_bad"
         self.con.execute(
             f"CREATE OR REPLACE TEMP TABLE {failed} AS SELECT * FROM {st.table} "
@@ -81,6 +86,7 @@ class Validator(Stager):
         ).fetchone()
         if inserted and inserted[0]:
             st.unmarked = True
+            self._text_table(st)  # its rejects file shows the rows as the file has them
 
     def _mark_bad(self, st: _Staged) -> None:
         if not st.unmarked:
@@ -174,8 +180,10 @@ class Validator(Stager):
     # -- per kind
     def _parse_patients(self, st: _Staged) -> None:
         cols = COLUMNS["patients"]
-        self.con.execute(
-            f"""CREATE OR REPLACE TEMP VIEW {st.table} AS
+        self._create_parsed(
+            st,
+            lambda: (
+                f"""CREATE OR REPLACE TEMP VIEW {st.table} AS
             SELECT *,
                    replace(replace(replace(age_band, ' ', ''), '–', '-'), '—', '-') AS age_band__v,
                    {_alias_case("sex", SEX_ALIASES)} AS sex__v,
@@ -183,6 +191,7 @@ class Validator(Stager):
                         WHEN lower(primary_condition) = 'other' THEN 'other' END AS condition__v,
                    {_alias_case("route", ROUTE_ALIASES)} AS route__v
             FROM (SELECT {self._select_text(st, cols)} FROM {st.raw})"""
+            ),
         )
         checks = (
             _common_checks()
@@ -236,14 +245,17 @@ class Validator(Stager):
 
     def _parse_sessions(self, st: _Staged) -> None:
         cols = COLUMNS["sessions"]
-        self.con.execute(
-            f"""CREATE OR REPLACE TEMP VIEW {st.table} AS
+        self._create_parsed(
+            st,
+            lambda: (
+                f"""CREATE OR REPLACE TEMP VIEW {st.table} AS
             SELECT *,
                    CAST({_parse_date_sql("session_date")} AS DATE) AS session_date__d,
                    {_alias_case("route", ROUTE_ALIASES)} AS route__v,
                    list_filter(string_split(lower(coalesce(side_effects, '')), ';'), lambda x: trim(x) <> '')
                        AS side_effects__l
             FROM (SELECT {self._select_text(st, cols)} FROM {st.raw})"""
+            ),
         )
         checks = _common_checks() + _date_checks("session_date") + [_route_check()]
         checks += _range_check("dose_mg", 0, 2000, "dose_mg", whole=False)
@@ -285,30 +297,18 @@ class Validator(Stager):
     def _parse_scores(self, st: _Staged) -> None:
         items = st.item_numbers
         cols = list(COLUMNS["scores"]) + [f"item_{n}" for n in items]
-        # Instrument spellings: the file has only a handful of distinct ones, so normalise those
-        # in Python (the registry's own rule) and join, instead of a regex on every row.
-        pos = st.columns.get("instrument")
-        spellings: list[str] = []
-        if pos is not None:
-            spellings = [
-                r[0]
-                for r in self.con.execute(
-                    f"SELECT DISTINCT nullif(trim(CAST(#{pos} AS VARCHAR)), '') FROM {st.raw}"
-                ).fetchall()
-                if r[0] is not None
-            ]
-        keys_table = f"inst_keys_{int(st.index)}"  # the view below reads it: one per file
-        self.con.execute(
-            "CREATE OR REPLACE TEMP TABLE " + keys_table + " "
-            "(spelling VARCHAR, code VARCHAR, n INTEGER, lo INTEGER, hi INTEGER)"
-        )
-        rows = []
-        for spelling in spellings:
-            inst = reg.lookup(spelling)
-            if inst is not None:
-                rows.append([spelling, inst.code, inst.n_items, inst.item_min, inst.item_max])
-        if rows:
-            self.con.executemany("INSERT INTO " + keys_table + " VALUES (?, ?, ?, ?, ?)", rows)
+        # An instrument by any accepted spelling: the registry's key (letters and digits, upper case; as
+        # ``instruments.normalize_key``) picks the scale, its item count and range. Computed per row with no
+        # join, so the rows keep the file's order (a direct file's row numbers come from it).
+        key = "upper(regexp_replace(instrument, '[^A-Za-z0-9]', '', 'g'))"
+
+        def by_key(value: Callable[[reg.Instrument], str | int]) -> str:
+            whens = " ".join(
+                f"WHEN {_lit(i.key)} THEN {_lit(v) if isinstance(v := value(i), str) else int(v)}"
+                for i in reg.INSTRUMENTS
+            )
+            return f"CASE instrument__k {whens} END"
+
         # Each item's text is cast to a number once (inner query), then checked for being whole.
         item_float = "".join(f", {_num(f'item_{n}')} AS item_{n}__f" for n in items)
         item_parsed = "".join(
@@ -334,18 +334,23 @@ class Validator(Stager):
             prorate_end = ")"
         else:
             prorate, prorate_end = "", ""
-        self.con.execute(
-            f"""CREATE OR REPLACE TEMP VIEW {st.table} AS {prorate}
+        self._create_parsed(
+            st,
+            lambda: (
+                f"""CREATE OR REPLACE TEMP VIEW {st.table} AS {prorate}
             SELECT *, CAST(assessed_on__ts AS DATE) AS assessed_on__d {item_totals}
             FROM (
-                SELECT s.*, k.code AS instrument__v, k.n AS n_items, k.lo AS item_lo,
-                       k.hi AS item_hi, k.n * k.lo AS total_lo, k.n * k.hi AS total_hi,
+                SELECT *, n_items * item_lo AS total_lo, n_items * item_hi AS total_hi FROM (
+                SELECT s.*, {by_key(lambda i: i.code)} AS instrument__v,
+                       {by_key(lambda i: i.n_items)} AS n_items,
+                       {by_key(lambda i: i.item_min)} AS item_lo, {by_key(lambda i: i.item_max)} AS item_hi,
                        {_parse_date_sql("assessed_on")} AS assessed_on__ts,
                        {_whole("total")} AS total__n,
                        {_alias_case("phase", PHASE_ALIASES)} AS phase__v
                        {item_parsed}
-                FROM (SELECT *{item_float} FROM (SELECT {self._select_text(st, cols)} FROM {st.raw})) s
-                LEFT JOIN {keys_table} k ON k.spelling = s.instrument){prorate_end}"""
+                FROM (SELECT *, {key} AS instrument__k{item_float}
+                      FROM (SELECT {self._select_text(st, cols)} FROM {st.raw})) s)){prorate_end}"""
+            ),
         )
         known = ", ".join(i.code for i in reg.INSTRUMENTS)
         checks = _common_checks() + [
@@ -541,6 +546,7 @@ class Validator(Stager):
         found = self.con.execute("SELECT count(*) FROM key_conflicts").fetchone()
         if not found or found[0] == 0:
             return
+        self._text_table(st)  # the value each conflicting row shows in the file
         self._record(
             st,
             f"""SELECT k.row_no, {_lit(column)}, CAST(p.{column} AS VARCHAR), k.reason
