@@ -16,14 +16,16 @@ import datetime as dt
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
-import pandas as pd
 
 from kapdata import db, phases, stats
 from kapdata import instruments as reg
 from kapdata.outcomes import BOOLEAN_COLUMNS
+
+if TYPE_CHECKING:  # pandas is imported by the functions that build frames (the export imports this module)
+    import pandas as pd
 
 #: The per-patient outcome flags, as rates (the outcomes file's boolean columns).
 RATE_NAMES: tuple[str, ...] = BOOLEAN_COLUMNS
@@ -694,9 +696,7 @@ FROM e WHERE side_effect <> ''
 GROUP BY side_effect ORDER BY sessions DESC, side_effect
 """
 
-_EMPTY_WEEKLY = pd.DataFrame(
-    columns=["population", "dimension", "grp", "instrument", "week", "n", "mean", "sd"]
-)
+_WEEKLY_COLUMNS = ["population", "dimension", "grp", "instrument", "week", "n", "mean", "sd"]
 #: The last date in the data: the newest questionnaire or dosing session.
 _AS_OF_SQL = """SELECT greatest((SELECT max(assessed_on) FROM scores),
                                 (SELECT max(session_date) FROM sessions)) AS as_of"""
@@ -774,6 +774,8 @@ def _bands_params(scales: Sequence[str]) -> dict[str, list[Any]]:
 def _funnel_frame(row: dict[str, Any], complete_sessions: int) -> pd.DataFrame:
     """The funnel: ``lost`` at a stage counts only patients who were due for it on the data's last day
     (the others are ``not_yet_due``)."""
+    import pandas as pd
+
     stages = list(FUNNEL_STAGES)
     retained = [int(row[f"{s}_retained"] or 0) for s in stages]
     pending = [int(row[f"{s}_pending"] or 0) for s in stages]
@@ -807,6 +809,8 @@ def report(
 
     Uses temporary tables of ``con`` (allowed on a read-only connection): give it a short-lived one.
     """
+    import pandas as pd
+
     if endpoint not in db.ENDPOINT_PHASES:
         raise ValueError(f"unknown endpoint {endpoint!r}; one of {', '.join(db.ENDPOINT_PHASES)}")
     if breakdown is not None and breakdown not in DIMENSIONS:
@@ -842,7 +846,9 @@ def report(
         thresholds={row[0]: dict(zip(_THRESHOLDS, row[1:], strict=True)) for row in thresholds},
         funnel=_funnel_frame(_one(_execute(con, _FUNNEL_SQL, params)), general["dosing_complete_sessions"]),
         phase_stats=_execute(con, _phase_stats_sql(breakdown), params).df(),
-        weekly=_execute(con, _weekly_sql(breakdown), params).df() if weekly else _EMPTY_WEEKLY.copy(),
+        weekly=_execute(con, _weekly_sql(breakdown), params).df()
+        if weekly
+        else pd.DataFrame(columns=_WEEKLY_COLUMNS),
         shift=_execute(con, _SHIFT_SQL, params).df(),
         waterfall=_execute(con, _WATERFALL_SQL, params).df(),
         safety_items=_execute(con, _SAFETY_ITEMS_SQL, params).df(),
@@ -876,6 +882,8 @@ def _rate_columns(frame: pd.DataFrame, k: str, n: str, prefix: str, min_cell: in
 
 def _mean_columns(frame: pd.DataFrame, n: str, mean: str, sd: str, prefix: str) -> pd.DataFrame:
     """Replace ``mean`` by ``<prefix>`` and add ``_low`` / ``_high`` (95% Student-t interval)."""
+    import pandas as pd
+
     means = [
         stats.t_interval(int(a), None if pd.isna(m) else float(m), None if pd.isna(s) else float(s))
         for a, m, s in zip(frame[n], frame[mean], frame[sd], strict=True)
@@ -891,6 +899,8 @@ def phase_table(rep: CohortReport, population: str) -> pd.DataFrame:
     n, mean score and mean change with t intervals, and every rate with k, n and a Wilson interval.
     ``small`` marks rows (``<rate>_small`` rates) from fewer than ``min_cell`` patients. Every phase of a
     scale with a baseline has its row; a phase nobody reached shows n = 0."""
+    import pandas as pd
+
     stats_ = rep.phase_stats
     part = stats_[(stats_["population"] == population) & (stats_["dimension"] == "all")]
     counts = ["n", "change_n"] + [f"{r}_{x}" for r in RATE_NAMES for x in ("k", "n")]
@@ -994,6 +1004,8 @@ def shift_table(rep: CohortReport, population: str) -> pd.DataFrame:
 def safety_tables(rep: CohortReport, population: str) -> dict[str, pd.DataFrame]:
     """The safety panel: safety items endorsed at baseline and latest, blood pressure above threshold,
     side effects (sessions and patients), and reliable deterioration per scale at the endpoint."""
+    import pandas as pd
+
     items = rep.safety_items[rep.safety_items["population"] == population].drop(columns=["population"])
     items = _rate_columns(items.reset_index(drop=True), "k", "n", "rate", rep.min_cell)
     s = rep.sessions

@@ -37,18 +37,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import duckdb
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
 
-from kapdata import __version__, access, db, filters, ingest
+from kapdata import __version__, access, csvsafe, db, filters, ingest
 from kapdata import instruments as reg
 from kapdata.cohort import COHORT_SQL, CohortFilter
 from kapdata.export_cli import ExportError, ExportRefused, add_cli  # noqa: F401 - re-exported
 from kapdata.outcomes import OUTCOME_COLUMNS
 
-if TYPE_CHECKING:  # frames only for the page's preview
+if TYPE_CHECKING:  # frames only for the page's preview; Arrow only for a CSV data file and the preview
     import pandas as pd
+    import pyarrow as pa
 
 SHAPES: tuple[str, ...] = ("long", "wide", "outcomes", "sessions")
 FORMATS: tuple[str, ...] = ("csv", "parquet")
@@ -307,19 +305,34 @@ _ORDER_S = "CAST(list_position($codes, s.instrument) AS INTEGER)"
 _ORDER_O = "CAST(list_position($codes, o.instrument) AS INTEGER)"
 
 
-def _long_sql(spec: ExportSpec) -> str:
+#: The shapes' joins to the export's patients: filtered (``pairs``, ``eligible``, ``patients``: the
+#: filters' CTEs) or, when re-keying after :func:`_materialise`, ``export_pairs`` and ``keyed_patients``
+#: (the export's patients with their new key ``new_id`` and its order ``rn``): the same rows, fewer joins.
+_PATIENTS_JOIN = {
+    False: "JOIN pairs USING (patient_id, instrument) SEMI JOIN eligible USING (patient_id) "
+    "JOIN patients p USING (patient_id)",
+    True: "JOIN export_pairs USING (patient_id, instrument) JOIN keyed_patients p USING (patient_id)",
+}
+
+
+def _key_cols(keyed: bool, source: str) -> tuple[str, str]:
+    """The patient column and the extra sort key: the source ID, or the new key and its order ``_s0``."""
+    return ("p.new_id AS patient_id", ", p.rn AS _s0") if keyed else (f"{source}.patient_id", "")
+
+
+def _long_sql(spec: ExportSpec, keyed: bool = False) -> str:
     dates = "s.assessed_on, " if spec.dates == "calendar" else ""
     n_items = max((reg.BY_CODE[c].n_items for c in spec.instruments or reg.BY_CODE), default=0)
     items = "".join(f", s.items[{i}] AS item_{i}" for i in range(1, n_items + 1)) if spec.items else ""
     total = f"{_rel(spec, 's.day', 'day')}, {dates}s.total, s.prorated{items}"
-    return f"""SELECT s.patient_id, {_qi_sql(spec)}s.instrument, s.phase, {total},
-               {_ORDER_S} AS _s1, s.assessed_at AS _s2
-        FROM scores_phased s JOIN pairs USING (patient_id, instrument) SEMI JOIN eligible USING (patient_id)
-        JOIN patients p USING (patient_id)
+    pid, s0 = _key_cols(keyed, "s")
+    return f"""SELECT {pid}, {_qi_sql(spec)}s.instrument, s.phase, {total},
+               {_ORDER_S} AS _s1, s.assessed_at AS _s2{s0}
+        FROM scores_phased s {_PATIENTS_JOIN[keyed]}
         WHERE len($phases) = 0 OR list_contains($phases, s.phase)"""
 
 
-def _wide_sql(spec: ExportSpec) -> str:
+def _wide_sql(spec: ExportSpec, keyed: bool = False) -> str:
     calendar = spec.dates == "calendar"
     cols = [
         "any_value(o.baseline) AS baseline",
@@ -346,14 +359,14 @@ def _wide_sql(spec: ExportSpec) -> str:
             cols.append(f"any_value(o.endpoint_on){where} AS {name}_on")
         cols.extend(f"any_value(o.{m}){where} AS {name}_{m}" for m in _ENDPOINT_METRICS)
     qi = _qi_sql(spec)
-    return f"""SELECT o.patient_id, {qi}o.instrument, {", ".join(cols)},
-               {_ORDER_O} AS _s1, 0 AS _s2
-        FROM outcomes o JOIN pairs USING (patient_id, instrument) SEMI JOIN eligible USING (patient_id)
-        JOIN patients p USING (patient_id) LEFT JOIN patient_dosing d USING (patient_id)
+    pid, s0 = _key_cols(keyed, "o")
+    return f"""SELECT {pid}, {qi}o.instrument, {", ".join(cols)},
+               {_ORDER_O} AS _s1, 0 AS _s2{s0}
+        FROM outcomes o {_PATIENTS_JOIN[keyed]} LEFT JOIN patient_dosing d USING (patient_id)
         GROUP BY ALL"""
 
 
-def _outcomes_sql(spec: ExportSpec) -> str:
+def _outcomes_sql(spec: ExportSpec, keyed: bool = False) -> str:
     cols = []
     for col in OUTCOME_COLUMNS[1:]:
         if col == "endpoint_on":
@@ -366,23 +379,35 @@ def _outcomes_sql(spec: ExportSpec) -> str:
             cols.append(f"o.{col}, o.{col}_prorated")  # the outcomes table's mark of a prorated total
         else:
             cols.append(f"o.{col}")
-    return f"""SELECT o.patient_id, {", ".join(cols)}, {_ORDER_O} AS _s1,
-               o.phase_order AS _s2
-        FROM outcomes o JOIN pairs USING (patient_id, instrument) SEMI JOIN eligible USING (patient_id)
+    pid, s0 = _key_cols(keyed, "o")
+    join = (
+        "JOIN export_pairs USING (patient_id, instrument) JOIN new_keys p USING (patient_id)"
+        if keyed
+        else "JOIN pairs USING (patient_id, instrument) SEMI JOIN eligible USING (patient_id)"
+    )
+    return f"""SELECT {pid}, {", ".join(cols)}, {_ORDER_O} AS _s1,
+               o.phase_order AS _s2{s0}
+        FROM outcomes o {join}
         LEFT JOIN patient_dosing d USING (patient_id)
         WHERE len($phases) = 0 OR list_contains($phases, o.phase)"""
 
 
-def _sessions_sql(spec: ExportSpec) -> str:
+def _sessions_sql(spec: ExportSpec, keyed: bool = False) -> str:
     dates = "s.session_date, " if spec.dates == "calendar" else ""
     route = "s.route, " if "route" in spec.qis else ""
     rest = ", ".join(f"s.{c}" for c in _SESSION_COLUMNS)
-    return f"""SELECT s.patient_id, {_qi_sql(spec, exclude=("route",))}
+    pid, s0 = _key_cols(keyed, "s")
+    join = (
+        "JOIN keyed_patients p USING (patient_id)"
+        if keyed
+        else "SEMI JOIN eligible USING (patient_id) JOIN patients p USING (patient_id)"
+    )
+    return f"""SELECT {pid}, {_qi_sql(spec, exclude=("route",))}
                CAST(row_number() OVER (PARTITION BY s.patient_id ORDER BY s.session_date) AS INTEGER)
                    AS session_number,
                {_rel(spec, "CAST(s.session_date - d.first_session AS INTEGER)", "day")}, {dates}{route}{rest},
-               s.session_date AS _s1, 0 AS _s2
-        FROM sessions s SEMI JOIN eligible USING (patient_id) JOIN patients p USING (patient_id)
+               s.session_date AS _s1, 0 AS _s2{s0}
+        FROM sessions s {join}
         JOIN patient_dosing d USING (patient_id)"""
 
 
@@ -401,7 +426,8 @@ _KEYS_SQL = """
                'P' || lpad(CAST(rn AS VARCHAR),
                            CAST(greatest(4, length(CAST(total AS VARCHAR))) AS INTEGER), '0') AS new_id
         FROM keys
-    )"""
+    ),
+    keyed_patients AS (SELECT p.*, k.rn, k.new_id FROM new_keys k JOIN patients p USING (patient_id))"""
 
 
 def _rows_sql(spec: ExportSpec) -> str:
@@ -421,11 +447,20 @@ def _materialise(con: duckdb.DuckDBPyConnection, spec: ExportSpec) -> tuple[int,
     the keys are kept: the rows themselves are computed once more, re-keyed and sorted, by :func:`_keyed`
     (cheaper than storing a million wide rows and reading them back). Returns (rows, patients)."""
     by = "patient_id" if spec.shape == "sessions" else "patient_id, instrument"
-    sql = (
-        "CREATE OR REPLACE TEMP TABLE export_pairs AS "
-        + _rows_sql(spec)
-        + f"SELECT {by}, count(*) AS n FROM export_source GROUP BY {by}"
-    )
+    if spec.shape == "long" and not spec.phases:
+        # Every questionnaire of a chosen pair is a row: its count is the pair's ``n_scores`` (score_points
+        # counts the pair's scores_phased rows), so the rows need not be made and grouped once more.
+        sql = (
+            "CREATE OR REPLACE TEMP TABLE export_pairs AS WITH "
+            + _FILTER_SQL
+            + " SELECT patient_id, instrument, n_scores AS n FROM pairs SEMI JOIN eligible USING (patient_id)"
+        )
+    else:
+        sql = (
+            "CREATE OR REPLACE TEMP TABLE export_pairs AS "
+            + _rows_sql(spec)
+            + f"SELECT {by}, count(*) AS n FROM export_source GROUP BY {by}"
+        )
     con.execute(sql, _used(sql, spec.params())).fetchall()
     con.execute(
         "CREATE OR REPLACE TEMP TABLE export_patients AS SELECT DISTINCT patient_id FROM export_pairs"
@@ -438,15 +473,17 @@ def _materialise(con: duckdb.DuckDBPyConnection, spec: ExportSpec) -> tuple[int,
 
 def _keyed_sql(spec: ExportSpec) -> str:
     """The export's rows for ``spec`` (its quasi-identifiers resolved), re-keyed, in file order: new patient
-    key, then scale, then time."""
+    key, then scale, then time. Run after :func:`_materialise`: the filters are not evaluated again, the
+    shape's rows are those of the patients (and scales) in ``export_patients`` / ``export_pairs`` (the same
+    rows: those tables hold exactly the patients and pairs that have rows), joined once to their new keys."""
     return (
-        _rows_sql(spec)
-        + ", "
+        "WITH "
         + _KEYS_SQL
-        + """
-    SELECT k.new_id AS patient_id, r.* EXCLUDE (patient_id, _s1, _s2)
-    FROM export_source r JOIN new_keys k USING (patient_id)
-    ORDER BY k.rn, r._s1, r._s2
+        + ", export_source AS ("
+        + _SHAPE_SQL[spec.shape](spec, True)
+        + """)
+    SELECT r.* EXCLUDE (_s0, _s1, _s2) FROM export_source r
+    ORDER BY r._s0, r._s1, r._s2
     LIMIT $limit"""
     )
 
@@ -459,15 +496,16 @@ def _keyed_params(spec: ExportSpec, sql: str, secret: str | None, limit: int | N
 def _keyed(
     con: duckdb.DuckDBPyConnection, spec: ExportSpec, secret: str | None, limit: int | None = None
 ) -> pa.Table:
+
     sql = _keyed_sql(spec)
     return con.sql(sql, params=_keyed_params(spec, sql, secret, limit)).to_arrow_table()
 
 
 def _keyed_parquet(
     con: duckdb.DuckDBPyConnection, spec: ExportSpec, secret: str | None, target: Path
-) -> pa.Schema:
-    """Write the re-keyed rows as Parquet with DuckDB's own writer; the columns' Arrow types (as
-    :func:`_keyed` would return them, for the data dictionary)."""
+) -> list[tuple[str, str]]:
+    """Write the re-keyed rows as Parquet with DuckDB's own writer (no Arrow): the columns' names and
+    data-dictionary types (:func:`_column_types`)."""
     sql = _keyed_sql(spec)
     params = _keyed_params(spec, sql, secret, None)
     # (On ``con`` itself: the temporary tables are the connection's own, a cursor would not see them.)
@@ -475,7 +513,23 @@ def _keyed_parquet(
         "COPY (" + sql + ") TO $kap_copy_target (FORMAT parquet)",
         params | {"kap_copy_target": str(target)},
     ).fetchall()
-    return con.sql(sql, params=params | {"limit": 0}).to_arrow_table().schema
+    return _column_types(con.sql(sql, params=params | {"limit": 0}))
+
+
+#: Data-dictionary types of DuckDB's type ids (as :func:`_arrow_type` gives for the Arrow types).
+_DUCKDB_TYPES: dict[str, str] = {
+    "boolean": "boolean",
+    **dict.fromkeys(("tinyint", "smallint", "integer", "bigint", "hugeint"), "integer"),
+    **dict.fromkeys(("utinyint", "usmallint", "uinteger", "ubigint", "uhugeint"), "integer"),
+    **dict.fromkeys(("float", "double", "decimal"), "number"),
+    **dict.fromkeys(("date", "timestamp", "timestamp_s", "timestamp_ms", "timestamp_ns"), "date"),
+    "timestamp with time zone": "date",
+}
+
+
+def _column_types(rel: duckdb.DuckDBPyRelation) -> list[tuple[str, str]]:
+    """(column, data-dictionary type) of a query's result, from DuckDB's types (no rows fetched)."""
+    return [(c, _DUCKDB_TYPES.get(t.id, "string")) for c, t in zip(rel.columns, rel.types, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -536,9 +590,13 @@ def _k_by_subset(
         return {(): (n, 1, below, n * below)}
     cols = ", ".join(qis)
     # Patient characteristics come from the patients table, except a sessions file's route: per session.
+    # (One row per patient from the patients table, so ``count(*)`` counts patients; a patient's sessions can
+    # have several routes, so there ``count(DISTINCT patient_id)``.)
+    count = "count(*)"
     if spec.shape == "sessions" and "route" in qis:
         head = _rows_sql(spec) + ", d AS (SELECT DISTINCT patient_id, " + cols + " FROM export_source)"
         params = spec.params()
+        count = "count(DISTINCT patient_id)"
     else:
         head = (
             "WITH d AS (SELECT patient_id, "
@@ -553,7 +611,7 @@ def _k_by_subset(
     sql = (
         head
         + f""",
-            g AS (SELECT GROUPING({cols}) AS gid, count(DISTINCT patient_id) AS n
+            g AS (SELECT GROUPING({cols}) AS gid, {count} AS n
                   FROM d GROUP BY GROUPING SETS ({sets}))
             SELECT gid, min(n), count(*), count(*) FILTER (WHERE n < $t),
                    coalesce(sum(n) FILTER (WHERE n < $t), 0)
@@ -604,6 +662,8 @@ def _k_anonymity(con: duckdb.DuckDBPyConnection, spec: ExportSpec, n: int) -> KA
 
 
 def _arrow_type(t: pa.DataType) -> str:
+    import pyarrow as pa
+
     if pa.types.is_boolean(t):
         return "boolean"
     if pa.types.is_integer(t):
@@ -840,11 +900,15 @@ def _thresholds(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
 
 
 def _dictionary(
-    con: duckdb.DuckDBPyConnection, spec: ExportSpec, schema: pa.Schema, thresholds: list[dict[str, Any]]
-) -> pa.Table:
-    """One row per data column: column, type, description, allowed values or unit, source or LOINC."""
+    con: duckdb.DuckDBPyConnection,
+    spec: ExportSpec,
+    columns: list[tuple[str, str]],
+    thresholds: list[dict[str, Any]],
+) -> list[tuple[str, ...]]:
+    """One row per data column (``columns``: name, type): column, type, description, allowed values or
+    unit, source or LOINC."""
     clinics: tuple[str, ...] = ()
-    if "clinic" in schema.names:
+    if any(name == "clinic" for name, _ in columns):
         rows = con.execute(
             "SELECT DISTINCT clinic FROM export_patients JOIN patients USING (patient_id) "
             "WHERE clinic IS NOT NULL ORDER BY 1"
@@ -857,8 +921,7 @@ def _dictionary(
         settings=db.get_settings(con),
         clinics=clinics,
     )
-    docs = [(f.name, _arrow_type(f.type), *_doc(f.name, ctx)) for f in schema]
-    return pa.table({name: [d[i] for d in docs] for i, name in enumerate(DICTIONARY_COLUMNS)})
+    return [(name, kind, *_doc(name, ctx)) for name, kind in columns]
 
 
 # ---------------------------------------------------------------- files
@@ -868,6 +931,9 @@ def neutralise_formulas(table: pa.Table) -> pa.Table:
     """Text cells starting with ``= + - @`` (or tab, carriage return) get a leading ``'``.
 
     Numbers are not text and are untouched."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     pattern = "^([" + "".join("\\" + c if c in "-\\]^" else c for c in FORMULA_PREFIXES) + "])"
     for i, f in enumerate(table.schema):
         if not (pa.types.is_string(f.type) or pa.types.is_large_string(f.type)):
@@ -882,9 +948,26 @@ def neutralise_formulas(table: pa.Table) -> pa.Table:
 
 
 def csv_bytes(table: pa.Table) -> bytes:
+    import pyarrow.csv as pa_csv
+
     buf = io.BytesIO()
     pa_csv.write_csv(neutralise_formulas(table), buf)
     return buf.getvalue()
+
+
+def _quoted(cell: str | None) -> str:
+    if cell is None:
+        return ""
+    return '"' + csvsafe.neutralise(cell).replace('"', '""') + '"'
+
+
+def text_csv_bytes(header: Sequence[str], rows: Sequence[Sequence[str | None]]) -> bytes:
+    """A small all-text table as CSV, byte for byte as :func:`csv_bytes` writes it from Arrow (every cell
+    and header name quoted, ``""`` for a quote, empty for None, ``\\n`` line ends; formulas neutralised),
+    without importing pyarrow: the data dictionary and Table 1."""
+    lines = [",".join(_quoted(str(h)) for h in header)]
+    lines.extend(",".join(_quoted(c) for c in row) for row in rows)
+    return ("\n".join(lines) + "\n").encode()
 
 
 @dataclass(frozen=True)
@@ -934,31 +1017,31 @@ def build(
         raise ExportRefused(k)
     if spec.file_format == "csv":
         table = _keyed(con, spec, secret)
-        schema, data = table.schema, csv_bytes(table)
+        columns, data = [(f.name, _arrow_type(f.type)) for f in table.schema], csv_bytes(table)
     else:  # DuckDB writes the Parquet file itself (no Arrow table of every row in Python)
         with tempfile.TemporaryDirectory(prefix="kapexport") as tmp:
             target = Path(tmp) / spec.data_file
-            schema = _keyed_parquet(con, spec, secret, target)
+            columns = _keyed_parquet(con, spec, secret, target)
             data = target.read_bytes()
     thresholds = _thresholds(con)
     min_cell = int(db.get_settings(con)["min_cell"])
     table1 = _table1_rows(con, spec, min_cell, patients)
     files = {
         spec.data_file: data,
-        DICTIONARY_FILE: csv_bytes(_dictionary(con, spec, schema, thresholds)),
-        TABLE1_FILE: csv_bytes(pa.table(dict(zip(TABLE1_COLUMNS, zip(*table1, strict=True), strict=True)))),
+        DICTIONARY_FILE: text_csv_bytes(DICTIONARY_COLUMNS, _dictionary(con, spec, columns, thresholds)),
+        TABLE1_FILE: text_csv_bytes(TABLE1_COLUMNS, table1),
     }
     calendar = spec.dates == "calendar"
     not_exported = ["source patient ID", "provider", *(q for q in QUASI_IDENTIFIERS if q not in spec.qis)]
     manifest = {
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "software": {"kapdata": __version__, "duckdb": duckdb.__version__, "pyarrow": pa.__version__},
+        "software": {"kapdata": __version__, "duckdb": duckdb.__version__, "pyarrow": _pyarrow_version()},
         "shape": spec.shape,
         "format": spec.file_format,
         "filters": spec.filters(),
         "rows": rows,
         "patients": patients,
-        "columns": schema.names,
+        "columns": [name for name, _ in columns],
         "dates": spec.dates,
         "days": None if calendar else spec.days,
         "calendar_dates_included": calendar,
@@ -984,6 +1067,16 @@ def build(
     }
     files[MANIFEST_FILE] = (json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n").encode()
     return Export(spec, files, manifest)
+
+
+def _pyarrow_version() -> str:
+    """The installed pyarrow's version (the manifest records it) without importing it."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("pyarrow")
+    except metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def write_dir(

@@ -797,3 +797,24 @@ def test_cli_export_bad_privacy_options_exit_2(fx_db: Path, tmp_path: Path, args
     res = run_export("--db", str(fx_db), "--out", str(tmp_path / "x"), *args, cwd=tmp_path)
     assert res.returncode == 2
     assert res.stderr.startswith(message) and len(res.stderr.splitlines()) == 1
+
+
+def test_text_csv_is_byte_for_byte_the_arrow_csv() -> None:
+    """The dictionary and Table 1 are written without pyarrow: the same bytes as the Arrow writer gives."""
+    import pyarrow as pa
+
+    rows = [("=1+2", 'say "hi"', None), ("a,b", "two\nlines", "-3"), ("", "ok", "@x")]
+    header = ("c1", "c2", "c3")
+    table = pa.table(
+        {h: [r[i] for r in rows] for i, h in enumerate(header)},
+        schema=pa.schema([(h, pa.string()) for h in header]),
+    )
+    assert ex.text_csv_bytes(header, rows) == ex.csv_bytes(table)
+
+
+@pytest.mark.parametrize("phases", [(), ("integration",)])
+def test_long_row_count_is_the_rows_written(fx_db: Path, phases: tuple[str, ...]) -> None:
+    """The long shape's row count (from the pairs' questionnaire counts when no phase is chosen) is the number
+    of rows in the file."""
+    export = build(fx_db, ex.ExportSpec(phases=phases))
+    assert export.rows == len(data_frame(export)) > 0

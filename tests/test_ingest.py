@@ -822,6 +822,16 @@ def test_a_file_that_changes_while_it_is_loaded_is_refused_whole(tmp_path, base_
     assert problem.reason.startswith("the file changed while it was being loaded")
 
 
+def test_a_malformed_row_far_down_a_large_file_is_named(tmp_path, base_db):
+    # Beyond what the CSV reader samples when it opens the file: found when the rows are read.
+    text = _many_scores(40_000, {}).split("\n")
+    text[30_000] += ",extra"  # data row 30,000 is spreadsheet row 30,001
+    f = write_text(tmp_path / "s.csv", "\n".join(text))
+    problem = only_error(rejected(base_db, f))
+    assert (problem.file, problem.row) == ("s.csv", 30_001)
+    assert problem.reason.startswith("row 30001 has 5 fields, more than the 4 columns of the header")
+
+
 def test_a_bad_byte_far_down_an_ignored_column_still_refuses_the_file(tmp_path, base_db):
     # Beyond what the CSV reader samples, in a column the contract ignores (a rejects file's _errors).
     rows = [f"Q{i:06d},PHQ-9,2025-01-05,3,".encode() for i in range(1, 40_001)]

@@ -148,7 +148,10 @@ class Loader(Validator):
         """Drop a file's work tables once its rows are checked and loaded (``keep_raw``: its raw rows, for
         its rejects file)."""
         self.con.execute("DROP VIEW IF EXISTS " + st.table)
-        for table in (st.table + "_clean", st.table + "_bad", f"inst_keys_{int(st.index)}", "new_rows"):
+        if st.clean_base is not None:
+            self.con.execute("DROP VIEW IF EXISTS " + st.table + "_clean")
+        tables = (st.table + "_clean", st.table + "_clean_rows", st.table + "_bad", "new_rows")
+        for table in tables if st.clean_base is None else tables[1:]:
             self.con.execute("DROP TABLE IF EXISTS " + table)
         if st.direct:
             self.con.execute("DROP VIEW IF EXISTS " + st.raw)  # the file itself: nothing to keep
@@ -178,7 +181,7 @@ class Loader(Validator):
 
 
 _WORK_TABLE_RE = re.compile(
-    r"^(raw_\d+(_csv)?|parsed_\d+(_clean|_bad)?|row_errors|load_patients|inst_keys(_\d+)?|new_rows|reject_reasons|"
+    r"^(raw_\d+(_csv)?|parsed_\d+(_clean|_clean_rows|_bad)?|row_errors|load_patients|new_rows|reject_reasons|"
     r"still_used|key_conflicts)$"
 )
 

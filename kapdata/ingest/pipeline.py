@@ -393,6 +393,8 @@ def load_with_connection(
                 [st.result.sha256, kind, name, name],
             ).fetchone()
             identity = (st.result.sha256, kind, name)
+            if (row and st.result.sha256) or identity in first_of:
+                loader.count_rows(st)  # not checked, so not counted yet
             if row and st.result.sha256:
                 st.result.identical_to_batch = int(row[0])
                 st.result.rows_already_present = st.result.rows_read
@@ -410,7 +412,7 @@ def load_with_connection(
         for st in staged:
             parse = {"patients": loader._parse_patients, "sessions": loader._parse_sessions}
             parse.get(st.result.kind or "scores", loader._parse_scores)(st)
-            file_errors = file_errors or loader.changed  # a file that changed while read: refused whole
+            file_errors = file_errors or loader.refused_late  # refused whole as its rows were read
             # Insert as we go so later files (scores) see this call's patients and sessions.
             if not file_errors and not (on_error == "reject" and loader.has_row_errors()):
                 loader._insert(st)

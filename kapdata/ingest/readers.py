@@ -218,10 +218,10 @@ _CSV_OPTIONS = (
 )
 
 
-def _view_csv(con: duckdb.DuckDBPyConnection, src: SourceFile, view: str, n_columns: int) -> int:
+def _view_csv(con: duckdb.DuckDBPyConnection, src: SourceFile, view: str, n_columns: int) -> bool:
     """A CSV file of plain UTF-8 text (:func:`scan`) as temp view ``view`` over the file itself, with every
-    cell as text: nothing is copied; the rows are read where they are used. Returns the number of rows
-    (reading them once: a malformed row is found here, as :func:`_read_raw` finds it)."""
+    cell as text: nothing is copied; the rows are read where they are used (a malformed row further down
+    is found by that read: :func:`_diagnose_csv` then names it). Returns whether the file has a data row."""
     # The path and delimiter are values, not SQL: session variables the view reads (a view holds no
     # parameters).
     con.execute("SET VARIABLE " + view + "_path = ?", [str(src.path)])
@@ -235,11 +235,11 @@ def _view_csv(con: duckdb.DuckDBPyConnection, src: SourceFile, view: str, n_colu
             + "_path'), "
             "delim = getvariable('" + view + "_delim'), " + _CSV_OPTIONS + ")"
         )
-        row = con.execute("SELECT count(*) FROM " + view).fetchone()
+        row = con.execute("SELECT count(*) FROM (SELECT 1 FROM " + view + " LIMIT 1)").fetchone()
     except duckdb.Error:
         con.execute("DROP VIEW IF EXISTS " + view)
         raise _diagnose_csv(src.path, n_columns) from None
-    return int(row[0]) if row else 0
+    return bool(row and row[0])
 
 
 def _read_raw(con: duckdb.DuckDBPyConnection, src: SourceFile, table: str, n_columns: int) -> int:

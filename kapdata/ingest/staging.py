@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -59,6 +61,13 @@ class _Staged:
     #: ``<table>_clean`` rows (kept in file order); ``Stager._text_table`` makes the copy if it is needed.
     direct: bool = False
     define_parsed: Callable[[], str] | None = None  # the SQL creating the parsed view (re-run on a copy)
+    #: Set for a direct file: ``<table>_clean`` is a view numbering the rows of the table
+    #: ``<table>_clean_rows`` (written in the file's order): row_no = rowid + clean_base.
+    clean_base: int | None = None
+    #: A direct file's size and modification time when staged (it must not change while it is read), and
+    #: whether ``result.rows_read`` is its count yet (known once its rows are checked, or counted).
+    file_stat: tuple[int, int] | None = None
+    counted: bool = True
 
 
 class Stager:
@@ -77,8 +86,9 @@ class Stager:
         self.new_patients = new_patients
         self.today = today or dt.date.today()
         self.result = LoadResult()
-        #: A file read where it is (``_Staged.direct``) gave other rows on a later read: it changed meanwhile.
-        self.changed = False
+        #: A file read where it is (``_Staged.direct``) was refused when its rows were read: a malformed row
+        #: further down, or it changed since it was staged.
+        self.refused_late = False
 
     # -- helpers
     def _problem(
@@ -94,6 +104,7 @@ class Stager:
         self.result.problems.append(Problem(src.name, row, column, value, reason, severity))
 
     def _stage(self, index: int, src: SourceFile) -> _Staged | None:
+        stat = os.stat(src.path) if src.path.exists() else None
         sha, has_blank_line, plain_text = scan(src.path) if src.path.exists() else ("", False, False)
         result = FileResult(src.name, None, sha)
         self.result.files.append(result)
@@ -229,7 +240,14 @@ class Stager:
                 value=None,
             )
         if any(p.file == src.name and p.severity == "error" for p in self.result.problems):
+            if direct:  # refused as a whole: the report says how many rows that is
+                with contextlib.suppress(duckdb.Error):  # a malformed row: no count, as a copy gives none
+                    row = self.con.execute("SELECT count(*) FROM " + raw).fetchone()
+                    result.rows_read = int(row[0]) if row else 0
+                self.con.execute("DROP VIEW IF EXISTS " + raw)
             return None
+        if direct:
+            result.rows_read = 0  # it has rows: counted as they are checked (``_same_rows``)
         return _Staged(
             src,
             result,
@@ -246,6 +264,8 @@ class Stager:
             ),
             index=index,
             direct=direct,
+            file_stat=(stat.st_size, stat.st_mtime_ns) if direct and stat else None,
+            counted=not direct,
         )
 
     def _stage_table(
@@ -310,13 +330,24 @@ class Stager:
         st.define_parsed = build
         self.con.execute(build())
 
+    def count_rows(self, st: _Staged) -> None:
+        """A direct file's number of rows, if it is not known yet (a file not checked: a repeat)."""
+        if not st.counted:
+            row = self.con.execute("SELECT count(*) FROM " + st.raw).fetchone()
+            st.result.rows_read, st.counted = (int(row[0]) if row else 0), True
+
     def _same_rows(self, st: _Staged, table: str) -> int | None:
-        """The first rowid of ``table``, a read of a direct file, if it has the rows staging counted; else
-        (the file changed between the reads) the file is refused and None."""
+        """The first rowid of ``table``, a read of a direct file (its count becomes the file's rows read),
+        if the file is still as it was when staged and the read has as many rows as an earlier one; else
+        (another program wrote to the file between the reads) the file is refused and None."""
         row = self.con.execute("SELECT count(*), coalesce(min(rowid), 0) FROM " + table).fetchone()
-        if row and int(row[0]) == st.result.rows_read:
-            return int(row[1])
-        self.changed = True
+        n = int(row[0]) if row else 0
+        stat = os.stat(st.src.path) if st.src.path.exists() else None
+        same = stat is not None and (stat.st_size, stat.st_mtime_ns) == st.file_stat
+        if same and (not st.counted or n == st.result.rows_read):
+            st.result.rows_read, st.counted = n, True
+            return int(row[1]) if row else 0
+        self.refused_late = True
         self._problem(
             st.src,
             "the file changed while it was being loaded (another program wrote to it): nothing from it was "
@@ -328,14 +359,19 @@ class Stager:
         return None
 
     def _number_clean(self, st: _Staged) -> None:
-        """A direct file's checked rows (``<table>_clean``, written in the file's order) get their row
-        numbers from that order: the first data row is 2, under the header."""
+        """A direct file's checked rows (``<table>_clean_rows``, written in the file's order) get their row
+        numbers from that order, the first data row 2 (under the header): ``<table>_clean`` is the view
+        giving each its number (nothing rewritten)."""
         clean = st.table + "_clean"
-        base = self._same_rows(st, clean)
+        base = self._same_rows(st, clean + "_rows")
         if base is None:
-            self.con.execute("UPDATE " + clean + " SET ok = false")
-            return
-        self.con.execute(f"UPDATE {clean} SET row_no = rowid + {2 - base}")
+            self.con.execute("UPDATE " + clean + "_rows SET ok = false")
+            base = 0
+        st.clean_base = 2 - base
+        self.con.execute(
+            f"CREATE OR REPLACE TEMP VIEW {clean} AS "
+            f"SELECT CAST(rowid + {st.clean_base} AS BIGINT) AS row_no, * FROM {clean}_rows"
+        )
 
     def _text_table(self, st: _Staged) -> None:
         """A direct file's cells copied as text into ``raw_<n>``, numbered as its ``<table>_clean`` rows are,

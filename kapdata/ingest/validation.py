@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import duckdb
+
 from kapdata import instruments as reg
 from kapdata.ingest.checks import (
     Check,
@@ -33,11 +35,12 @@ from kapdata.ingest.contract import (
     SEXES,
     SIDE_EFFECTS,
 )
+from kapdata.ingest.readers import _diagnose_csv
 from kapdata.ingest.staging import Stager, _Staged
 
 
 class Validator(Stager):
-    def _checked_clean(self, st: _Staged, checks: list[Check], typed: str) -> None:
+    def _checked_clean(self, st: _Staged, checks: list[Check], typed: str) -> bool:
         """One pass over the parsed rows (the view ``st.table``) makes ``<table>_clean``: each row's typed
         values (the SELECT list ``typed``) and ``ok``, false where any row rule holds. The per-rule report
         then runs only over the rows that failed (each rule looks at its own row only, so that finds
@@ -49,19 +52,20 @@ class Validator(Stager):
             ] + [Check("", "kap_error IS NOT NULL", "kap_error", value="NULL")]
         bad = " OR ".join(f"coalesce({c.bad}, false)" for c in checks) if checks else "false"
         clean = st.table + "_clean"
-        sql = (
-            f"CREATE OR REPLACE TEMP TABLE {clean} AS SELECT row_no, NOT ({bad}) AS ok, {typed} "
-            f"FROM {st.table}"
-        )
-        self.con.execute(sql, {"today": self.today} if "$today" in sql else None)
-        st.clean_ready = True
+        # A direct file's rows are numbered from their order afterwards (``_number_clean``).
+        into, row_no = (clean + "_rows", "") if st.direct else (clean, "row_no, ")
+        sql = f"CREATE OR REPLACE TEMP TABLE {into} AS SELECT {row_no}NOT ({bad}) AS ok, {typed} "
+        sql += f"FROM {st.table}"
+        params = {"today": self.today} if "$today" in sql else None
         if st.direct:
-            self._number_clean(st)
-            if self.changed:
-                return
+            if not self._read_direct(st, sql, params):
+                return False
+        else:
+            self.con.execute(sql, params)
+        st.clean_ready = True
         found = self.con.execute("SELECT count(*) FROM query_table(?) WHERE NOT ok", [clean]).fetchone()
         if not found or found[0] == 0:
-            return
+            return True
         self._text_table(st)  # the failing rows' cells, as the file has them
         failed = st.table + "_bad"
         self.con.execute(
@@ -77,6 +81,25 @@ class Validator(Stager):
         report = " UNION ALL ".join(selects)
         self._record(st, report, {"today": self.today} if "$today" in report else None)
         self._mark_bad(st)
+        return True
+
+    def _read_direct(self, st: _Staged, sql: str, params: dict[str, object] | None) -> bool:
+        """Run the checking pass ``sql`` over a direct file (the first read of all its rows), then number
+        them. False if the file is refused here: a malformed row (named, as a copy would name it), or a
+        file that changed since it was staged."""
+        try:
+            self.con.execute(sql, params)
+        except duckdb.OutOfMemoryException:
+            raise
+        except duckdb.Error:
+            found = _diagnose_csv(st.src.path, len(st.columns))
+            if found.row is None:
+                raise  # no row of the file is at fault: a failure of ours, not shown as the file's
+            self.refused_late = True
+            self._problem(st.src, str(found), row=found.row, column=None, value=None)
+            return False
+        self._number_clean(st)
+        return not self.refused_late
 
     def _record(self, st: _Staged, select_sql: str, params: object = None) -> None:
         """Store the rows of ``select_sql`` (row_no, column, value, reason) as errors of this file: one
@@ -92,8 +115,12 @@ class Validator(Stager):
         if not st.unmarked:
             return
         st.unmarked = False
+        if st.clean_base is None:
+            target, row_no = st.table + "_clean", "row_no"
+        else:  # a view: mark the rows it numbers
+            target, row_no = st.table + "_clean_rows", f"rowid + {int(st.clean_base)}"
         self.con.execute(
-            "UPDATE " + st.table + "_clean SET ok = false WHERE ok AND row_no IN "
+            f"UPDATE {target} SET ok = false WHERE ok AND {row_no} IN "
             "(SELECT row_no FROM row_errors WHERE file_no = ?)",
             [st.index],
         )
@@ -219,7 +246,8 @@ class Validator(Stager):
             "patient_id, clinic, provider, age_band__v AS age_band, sex__v AS sex, "
             "condition__v AS primary_condition, route__v AS route"
         )
-        self._checked_clean(st, checks, typed)
+        if not self._checked_clean(st, checks, typed):
+            return  # the file is refused whole
         self._lookalike_ids(st)
         value_cols = ["clinic", "provider", "age_band", "sex", "primary_condition", "route"]
         self._key_conflicts(st, ["patient_id"], value_cols, "patient_id", "patient", None)
@@ -282,7 +310,8 @@ class Validator(Stager):
                    try_cast({_whole("dissociation")} AS SMALLINT) AS dissociation,
                    nullif(array_to_string(list_transform(side_effects__l, lambda x: trim(x)), ';'), '')
                        AS side_effects"""
-        self._checked_clean(st, checks, typed)
+        if not self._checked_clean(st, checks, typed):
+            return  # the file is refused whole
         self._lookalike_ids(st)
         self._unknown_patients(st)
         value_cols = list(COLUMNS["sessions"][2:])  # everything but the key
@@ -467,7 +496,8 @@ class Validator(Stager):
         typed = f"""patient_id, instrument__v AS instrument, assessed_on__d AS assessed_on,
                    assessed_on__ts AS assessed_at, try_cast({total_expr} AS SMALLINT) AS total,
                    {items_expr} AS items, phase__v AS phase, {prorated_expr} AS prorated"""
-        self._checked_clean(st, checks, typed)
+        if not self._checked_clean(st, checks, typed):
+            return  # the file is refused whole
         self._lookalike_ids(st)
         self._unknown_patients(st)
         keys = ["patient_id", "instrument", "assessed_at"]
