@@ -3,10 +3,11 @@ and downloads (every chart as PNG from Plotly's toolbar and as a self-contained 
 every chart's numbers as CSV).
 
 The report is one query batch on a short-lived read-only connection, cached on ``(path, data_version,
-filter, scales, endpoint, breakdown, weekly)``; it holds both populations, so the completers / ITT toggle
-redraws from the cache. Everything drawn from it (each table as shown, each figure) is built once per report
-and population (:class:`View`, shared by every rerun and session with the same key, which holds the data
-version and the signed-in person's scope) and never modified after, so a rerun only sends the page.
+choices)`` (:class:`Choices`: the scoped filter, scales, endpoint, breakdown, weekly); it holds both
+populations, so the completers / ITT toggle redraws from the cache. Everything drawn from it (each table as
+shown, each figure) is built once per report and population (:class:`View`, shared by every rerun and
+session with the same key, which holds the data version and the signed-in person's scope) and never
+modified after, so a rerun only sends the page.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pandas as pd
@@ -36,18 +37,25 @@ SMALL_STYLE = "background-color: #fff3cd"
 PLOTLY_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
 
 
+@dataclass(frozen=True)
+class Choices:
+    """What one view of the page is of: the (scoped) cohort filter and the page's own choices. Hashable, so
+    it is the cache key of the report and of the view."""
+
+    filt: CohortFilter
+    scales: tuple[str, ...]
+    endpoint: str
+    breakdown: str | None
+    weekly: bool
+
+
 @st.cache_data(show_spinner="Computing the cohort's outcomes…", max_entries=32)
-def _report(
-    path: str,
-    version: tuple[int, int],
-    filt: CohortFilter,
-    scales: tuple[str, ...],
-    endpoint: str,
-    breakdown: str | None,
-    weekly: bool,
-) -> cohort.CohortReport:
+def _report(path: str, version: tuple[int, int], choices: Choices) -> cohort.CohortReport:
+    c = choices
     with db.reader(path) as con:
-        return cohort.report(con, filt, scales, endpoint=endpoint, breakdown=breakdown, weekly=weekly)
+        return cohort.report(
+            con, c.filt, c.scales, endpoint=c.endpoint, breakdown=c.breakdown, weekly=c.weekly
+        )
 
 
 T = TypeVar("T")
@@ -73,15 +81,7 @@ class View:
             return self._parts.setdefault(key, value)  # type: ignore[no-any-return]
 
 
-def view(
-    path: str,
-    version: tuple[int, int],
-    filt: CohortFilter,
-    scales: tuple[str, ...],
-    endpoint: str,
-    breakdown: str | None,
-    weekly: bool,
-) -> View:
+def view(path: str, version: tuple[int, int], choices: Choices) -> View:
     """The page's view of the signed-in person's clinics: keyed on the data version and the scoped filter,
     so a director of one clinic never gets another's figures, and a new import, an undo or a settings change
     (a new data version; :func:`kapui.data.clear_caches` drops every view too) shows new numbers."""
@@ -89,20 +89,12 @@ def view(
 
     who = auth.principal()
     who.require("cohort.view", "see clinic outcomes")
-    return _view(path, version, access.scoped(who, filt), scales, endpoint, breakdown, weekly)
+    return _view(path, version, replace(choices, filt=access.scoped(who, choices.filt)))
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
-def _view(
-    path: str,
-    version: tuple[int, int],
-    filt: CohortFilter,
-    scales: tuple[str, ...],
-    endpoint: str,
-    breakdown: str | None,
-    weekly: bool,
-) -> View:
-    return View(_report(path, version, filt, scales, endpoint, breakdown, weekly))
+def _view(path: str, version: tuple[int, int], choices: Choices) -> View:
+    return View(_report(path, version, choices))
 
 
 def clear_views() -> None:

@@ -15,9 +15,8 @@ if not ctl.scales:
     st.info("Choose at least one scale.")
     st.stop()
 axis = st.session_state.get("co_axis", "phase")
-view = clinic.view(
-    path, kapui.data_version(path), filt, ctl.scales, ctl.endpoint, ctl.breakdown, axis == "week"
-)
+choices = clinic.Choices(filt, ctl.scales, ctl.endpoint, ctl.breakdown, axis == "week")
+view = clinic.view(path, kapui.data_version(path), choices)
 rep = view.rep
 pop, end, who = ctl.population, ctl.endpoint_label, ctl.population_label.lower()
 st.info(

@@ -119,6 +119,19 @@ def funnel(frame: pd.DataFrame) -> go.Figure:
     return fig
 
 
+def _fixed_margins(fig: go.Figure, *, left: int, right: int, top: int, bottom: int) -> go.Figure:
+    """Margins that already hold the axes' tick labels and titles, with the axes' automatic margins off.
+
+    With ``automargin`` on, Plotly draws a figure, measures its labels, grows the margins and draws it again:
+    for the page's wide multi-panel figures that second pass is most of the drawing time. These margins are
+    what that pass arrives at (measured in the page, with a few pixels to spare), so the figure looks the
+    same and is drawn once. A legend outside the plot still makes room for itself."""
+    fig.update_layout(margin={"l": left, "r": right, "t": top, "b": bottom})
+    fig.update_xaxes(automargin=False)
+    fig.update_yaxes(automargin=False)
+    return fig
+
+
 def _group_colors(groups: Sequence[str]) -> dict[str, str]:
     return {g: GROUP_COLORS[i % len(GROUP_COLORS)] for i, g in enumerate(groups)}
 
@@ -191,13 +204,10 @@ def trajectory(
         if by == "week":
             fig.update_xaxes(title_text="weeks since first dose (0 = baseline)", row=1, col=col)
     base_layout(fig, height=400, title=title + (f" and {group_label.lower()}" if group_label else ""))
-    fig.update_layout(
-        legend=LEGEND_BELOW | {"y": -0.22},
-        margin={"l": 10, "r": 10, "t": 70, "b": 10},
-        showlegend=not grouped.empty,
-    )
+    fig.update_layout(legend=LEGEND_BELOW | {"y": -0.22}, showlegend=not grouped.empty)
     fig.update_xaxes(showgrid=False)
-    return fig
+    # Tick labels of two lines (phases) or one line and the axis title (weeks); the last phase's overhangs.
+    return _fixed_margins(fig, left=72, right=24, top=70, bottom=56 if by == "phase" else 68)
 
 
 def severity_shift(frame: pd.DataFrame, *, scales: Sequence[str], endpoint_label: str) -> go.Figure:
@@ -249,10 +259,10 @@ def severity_shift(frame: pd.DataFrame, *, scales: Sequence[str], endpoint_label
     fig.update_layout(
         barmode="stack",
         legend=LEGEND_BELOW | {"y": -0.36, "title": {"text": "band at endpoint: "}},
-        margin={"l": 10, "r": 10, "t": 70, "b": 10},
     )
     fig.update_xaxes(title_text="band at baseline", title_standoff=6, tickangle=0, tickfont={"size": 11})
-    return fig
+    # Up to four lines of band label and n, the axis title and the legend below.
+    return _fixed_margins(fig, left=88, right=10, top=70, bottom=150)
 
 
 #: A waterfall panel with more bars than this draws them as filled shapes (:func:`_steps`), not bar elements.
@@ -388,9 +398,9 @@ def waterfall(
         barmode="relative",
         bargap=0.05,
         legend=LEGEND_BELOW | {"y": -0.12},
-        margin={"l": 10, "r": 10, "t": 70, "b": 10},
     )
-    return fig
+    # The y axis's title and its ticks (at most 200%), the x axes' titles and the legend below.
+    return _fixed_margins(fig, left=95, right=10, top=70, bottom=74)
 
 
 def breakdown(
@@ -520,8 +530,9 @@ def published_comparison(
     fig.update_yaxes(categoryorder="array", categoryarray=rows[::-1], type="category")
     fig.update_xaxes(range=[0, 100], ticksuffix="%")
     base_layout(fig, height=120 + 45 * len(rows), title=title)
-    fig.update_layout(legend=LEGEND_BELOW | {"y": -0.18}, margin={"l": 10, "r": 10, "t": 50, "b": 10})
-    return fig
+    fig.update_layout(legend=LEGEND_BELOW | {"y": -0.18})
+    # Row labels such as "PHQ-9 remission", the x ticks and the legend of studies below.
+    return _fixed_margins(fig, left=114, right=10, top=50, bottom=75)
 
 
 def side_effects(frame: pd.DataFrame) -> go.Figure:
