@@ -471,11 +471,13 @@ def _materialise(con: duckdb.DuckDBPyConnection, spec: ExportSpec) -> tuple[int,
     return int(rows), int(patients)
 
 
-def _keyed_sql(spec: ExportSpec) -> str:
+def _keyed_sql(spec: ExportSpec, limited: bool = False) -> str:
     """The export's rows for ``spec`` (its quasi-identifiers resolved), re-keyed, in file order: new patient
     key, then scale, then time. Run after :func:`_materialise`: the filters are not evaluated again, the
     shape's rows are those of the patients (and scales) in ``export_patients`` / ``export_pairs`` (the same
-    rows: those tables hold exactly the patients and pairs that have rows), joined once to their new keys."""
+    rows: those tables hold exactly the patients and pairs that have rows), joined once to their new keys.
+    ``limited``: the first ``$limit`` rows only (a preview); a whole file has no ``LIMIT``, which would make
+    DuckDB sort in one thread (a third slower at 50,000 patients)."""
     return (
         "WITH "
         + _KEYS_SQL
@@ -483,8 +485,8 @@ def _keyed_sql(spec: ExportSpec) -> str:
         + _SHAPE_SQL[spec.shape](spec, True)
         + """)
     SELECT r.* EXCLUDE (_s0, _s1, _s2) FROM export_source r
-    ORDER BY r._s0, r._s1, r._s2
-    LIMIT $limit"""
+    ORDER BY r._s0, r._s1, r._s2"""
+        + (" LIMIT $limit" if limited else "")
     )
 
 
@@ -497,7 +499,7 @@ def _keyed(
     con: duckdb.DuckDBPyConnection, spec: ExportSpec, secret: str | None, limit: int | None = None
 ) -> pa.Table:
 
-    sql = _keyed_sql(spec)
+    sql = _keyed_sql(spec, limited=limit is not None)
     return con.sql(sql, params=_keyed_params(spec, sql, secret, limit)).to_arrow_table()
 
 
@@ -513,7 +515,7 @@ def _keyed_parquet(
         "COPY (" + sql + ") TO $kap_copy_target (FORMAT parquet)",
         params | {"kap_copy_target": str(target)},
     ).fetchall()
-    return _column_types(con.sql(sql, params=params | {"limit": 0}))
+    return _column_types(con.sql(sql, params=params))  # a lazy relation: bound for its types, not run
 
 
 #: Data-dictionary types of DuckDB's type ids (as :func:`_arrow_type` gives for the Arrow types).
