@@ -24,8 +24,9 @@ from kapdata.cohort import CohortFilter
 
 #: Session-state keys of the shared sidebar filters. dashboard.py keeps them alive across pages.
 FILTER_KEYS = ("f_start", "f_clinics", "f_providers", "f_routes", "f_conditions")
-#: Other widget keys whose values should survive a visit to another page (clinic outcomes controls).
-KEPT_KEYS = FILTER_KEYS + ("co_scales", "co_endpoint", "co_population", "co_breakdown", "co_axis")
+#: Other widget keys whose values should survive a visit to another page (clinic outcomes controls, the
+#: patient view's item-answers switch).
+KEPT_KEYS = FILTER_KEYS + ("co_scales", "co_endpoint", "co_population", "co_breakdown", "co_axis", "pt_items")
 
 
 def page_guard() -> None:

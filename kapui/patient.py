@@ -37,6 +37,10 @@ NOTE_KEY = "record_note"
 MESSAGE_KEY = "record_message"
 SHOW_DISCHARGED_KEY = "show_discharged"
 SCALE_TAB_KEY = "scale_tab"
+RECORD_KEY = "record_panel"
+#: The patient view's "Item answers" switch: off at first (the heatmap is drawn on request: it cost a
+#: patient view opened from the caseload a tenth of its time, issue 14); kept for the session once on.
+ITEMS_KEY = "pt_items"
 
 
 def _who() -> Principal:
@@ -164,7 +168,7 @@ def close_patient() -> None:
 
 #: Patient IDs listed in the picker. Any other ID can be typed: a list of a whole 50,000-patient caseload
 #: took the browser seconds to draw on every run of the page (issue 14).
-PICKER_OPTIONS = 1000
+PICKER_OPTIONS = 200
 
 
 def picker_options(ids: list[str], current: str | None = None) -> list[str]:
@@ -276,6 +280,12 @@ def caseload_config(defs: dict[str, str]) -> dict[str, Any]:
             f"{code} Δ", format="%+d", help=f"{code}: {defs['change']} Blank without a baseline."
         )
     return cfg
+
+
+def record_key(patient_id: str) -> str:
+    """The patient view's record panel (open or closed): one key per patient, so that each patient's panel
+    opens by itself only for an unacknowledged safety flag."""
+    return f"{RECORD_KEY}_{patient_id}"
 
 
 def scale_tab_key(patient_id: str) -> str:
@@ -549,9 +559,15 @@ def record_panel(path: str, view: pt.PatientView, defs: dict[str, str]) -> None:
         kind, text = message
         (st.success if kind == "success" else st.error)("Recorded." if kind == "success" else "Not recorded.")
         st.text(text)
-    with st.expander(
-        "Acknowledge a flag · discharge", expanded=bool(s["flag_safety"] and not s["safety_ack"])
-    ):
+    panel = st.expander(
+        "Acknowledge a flag · discharge",
+        expanded=bool(s["flag_safety"] and not s["safety_ack"]),
+        key=record_key(view.patient_id),
+        on_change="rerun",
+    )
+    if panel.open is False:  # drawn when opened: closed, its fields cost a patient view a sixth of its time
+        return
+    with panel:
         left, right = st.columns([1, 3])
         who = _who()
         if who.source != "os":

@@ -100,10 +100,12 @@ else:
         with tab:
             trend, heat = ui.scale_figures(path, version, view, code)
             st.plotly_chart(trend, width="stretch", theme=None, key=f"trend_{code}")
-            if heat is not None:
-                st.markdown(
-                    f"**{code} item answers over time**", help="Each questionnaire's answers, item by item."
-                )
+            if heat is not None and st.toggle(
+                f"{code} item answers over time",
+                key=ui.ITEMS_KEY,
+                help="Each questionnaire's answers, item by item (safety items in red). Stays on for the "
+                "other scales and patients once switched on.",
+            ):
                 st.plotly_chart(heat, width="stretch", theme=None, key=f"items_{code}")
             if code == "PCL-5" and not view.pcl5().empty:
                 st.markdown("**PCL-5 clusters and the provisional DSM-5 rule**", help=defs["dsm5"])

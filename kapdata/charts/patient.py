@@ -299,14 +299,18 @@ def score_trend(
         )
         _label(fig, x=_ts(view.today), y=inst.total_max, xanchor="right", yanchor="top", text="today ")
     layout = layout_dict(height=height, title=f"{inst.code} · {inst.construct}" if title else None)
-    layout["xaxis"] = {"range": [_ts(start), _ts(end)], "showgrid": False}
+    # Margins that already hold what Plotly's automatic margins would make room for (the y title and
+    # two-digit ticks, two-line date ticks, the legend above): with automargin on, Plotly draws the figure,
+    # measures, grows the margins and draws it again, most of the time a patient view took in the browser.
+    layout["xaxis"] = {"range": [_ts(start), _ts(end)], "showgrid": False, "automargin": False}
     layout["yaxis"] = {
         "range": [-inst.total_max * 0.09, inst.total_max * 1.05],
         "title": {"text": f"{inst.code} total (0–{inst.total_max})"},
         "zeroline": False,
         "gridcolor": "rgba(0,0,0,0.06)",
+        "automargin": False,
     }
-    layout["margin"] = {"l": 10, "r": 120, "t": 110 if title else 70, "b": 10}
+    layout["margin"] = {"l": 58, "r": 120, "t": 116 if title else 78, "b": 50}
     layout["legend"] = {**layout["legend"], "y": 1.1, "yanchor": "bottom"}
     layout["hovermode"] = "closest"
     if width:

@@ -6,6 +6,7 @@ one runs on the shared synthetic sample database.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -118,12 +119,25 @@ def test_deep_link_reloads_to_the_same_patient_view(cohort_env):
     # Only the open tab is drawn. GAD-7: the trend (no items)
     assert len(at.get("plotly_chart")) == 1
     assert at.get("download_button")[0].label == "Progress report (HTML)"
-    # PCL-5: the trend, the item heatmap and the clusters
+    # PCL-5: the trend and the clusters; the item heatmap once its switch is on
     at.session_state[ui.scale_tab_key("D1")] = "PCL-5"
     at.run()
-    assert len(at.get("plotly_chart")) == 2
+    assert len(at.get("plotly_chart")) == 1
+    switch = at.toggle(key=ui.ITEMS_KEY)
+    assert switch.label == "PCL-5 item answers over time" and not switch.value
     clusters = at.dataframe[0].value
     assert clusters["dsm5_met"].tolist() == [True, False]
+    switch.set_value(True).run()
+    assert len(at.get("plotly_chart")) == 2
+    heat = json.loads(at.get("plotly_chart")[1].proto.spec)
+    assert heat["data"][0]["type"] == "heatmap"
+    # The switch stays on for another patient and after the caseload (a page without it).
+    at.button[0].click().run()  # ← Caseload
+    at.query_params[ui.PARAM] = "D1"
+    at.session_state[ui.scale_tab_key("D1")] = "PCL-5"
+    at.run()
+    assert at.toggle(key=ui.ITEMS_KEY).value
+    assert len(at.get("plotly_chart")) == 2
 
 
 def test_unknown_patient_in_the_url_warns_and_shows_the_caseload(cohort_env):
@@ -220,6 +234,17 @@ def test_acknowledging_a_flag_on_the_page_keeps_it_marked_and_ranked_after(safet
     )
 
 
+def test_the_record_panel_opens_by_itself_only_for_an_unacknowledged_safety_flag(cohort_env):
+    at = open_page(patient="D1")  # deterioration, no safety flag: the panel is closed, its fields not drawn
+    assert not [b for b in at.button if b.label == "Discharge"]
+    assert not at.text_area
+    at.session_state[ui.record_key("D1")] = True  # opened (a click on the expander)
+    at.run()
+    assert "Acknowledge the reliable deterioration flag" in [b.label for b in at.button]
+    assert "Discharge" in [b.label for b in at.button]
+    assert at.text_area(key=ui.NOTE_KEY).label == "Note"
+
+
 def test_a_bad_staff_code_records_nothing(safety_env):
     at = open_page(patient="A3")
     at.text_input(key=ui.STAFF_KEY).input("Dr Smith")
@@ -269,7 +294,6 @@ def test_a_long_caseload_is_paged_and_a_row_on_page_two_opens_that_patient(app_e
 
 
 def _trend_spec(at: AppTest) -> dict:
-    import json
 
     return json.loads(at.get("plotly_chart")[0].proto.spec)
 
