@@ -248,6 +248,22 @@ def test_unreadable_csv_is_explained_in_words_without_engine_text_or_path(tmp_pa
         assert leak not in report
 
 
+@pytest.mark.parametrize(
+    ("tail", "utf8"),
+    [
+        ("é".encode(), True),  # a two-byte character split across the 1 MB read chunks
+        (b"\xc3", False),  # a sequence left open, then a plain-ASCII chunk
+        (b"\x00", False),
+    ],
+)
+def test_text_check_across_read_chunks(tmp_path, tail, utf8):
+    from kapdata.ingest.readers import scan
+
+    f = tmp_path / "big.csv"
+    f.write_bytes(b"a" * ((1 << 20) - 1) + tail + b"a" * 100)
+    assert scan(f)[2] is utf8
+
+
 def test_damaged_parquet_and_xlsx_are_explained_in_words(tmp_path, base_db):
     for name in ("bad.parquet", "bad.xlsx"):
         f = tmp_path / name

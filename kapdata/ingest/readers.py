@@ -45,10 +45,12 @@ def scan(path: Path) -> tuple[str, bool, bool]:
                 blank = b"\n\n" in window or b"\n\r\n" in window
                 tail = chunk[-2:]
             if text:
-                try:
-                    decoder.decode(chunk)
-                except UnicodeDecodeError:
-                    text = False
+                # A plain-ASCII chunk is valid UTF-8 unless a multi-byte sequence was left open before it.
+                if not chunk.isascii() or decoder.getstate()[0]:
+                    try:
+                        decoder.decode(chunk)
+                    except UnicodeDecodeError:
+                        text = False
                 text = text and b"\x00" not in chunk
     if text:
         try:

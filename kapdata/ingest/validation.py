@@ -329,7 +329,9 @@ class Validator(Stager):
         # An instrument by any accepted spelling: the registry's key (letters and digits, upper case; as
         # ``instruments.normalize_key``) picks the scale, its item count and range. Computed per row with no
         # join, so the rows keep the file's order (a direct file's row numbers come from it).
-        key = "upper(regexp_replace(instrument, '[^A-Za-z0-9]', '', 'g'))"
+        # The registry's own spellings (nearly every row) are looked up before the regular expression.
+        exact = " ".join(f"WHEN {_lit(i.code)} THEN {_lit(i.key)}" for i in reg.INSTRUMENTS)
+        key = f"(CASE instrument {exact} ELSE upper(regexp_replace(instrument, '[^A-Za-z0-9]', '', 'g')) END)"
 
         def by_key(value: Callable[[reg.Instrument], str | int]) -> str:
             whens = " ".join(
