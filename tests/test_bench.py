@@ -44,3 +44,13 @@ def test_benchmark_harness_runs_on_a_tiny_cohort_and_writes_results(tmp_path: Pa
     assert "peer script / cli outcomes (whole processes)" in doc["results"]["200"]["ratios"]
     assert any(b["what"] == "load" for b in doc["budgets"])
     assert "budgets (at the largest size measured)" in proc.stdout
+
+
+def test_browser_budgets_are_the_issues_by_size() -> None:
+    from bench.browser import budget_for
+
+    assert budget_for("patient from the caseload", 50_000) == 0.5
+    assert budget_for("Patient trends", 50_000) == 0.7
+    assert budget_for("Settings", 50_000) == 1.0
+    assert budget_for("patient from the caseload", 500_000) == 2.0
+    assert budget_for("patient by deep link (new tab)", None) == 1.5
