@@ -251,6 +251,29 @@ def test_huge_numbers_are_reported_not_crashed_on(tmp_path, base_db):
     ]
 
 
+def test_each_item_rule_alone_refuses_its_row(tmp_path, base_db):
+    # The checking pass tests every item answer at once; each rule must still refuse a row it alone
+    # breaks, and be named for that row only (rows 2-4 and 6 break one item rule each; row 5 is clean).
+    header = phq9_items_header() + ",item_10"
+    f = scores_file(
+        tmp_path,
+        [
+            ("P1", "PHQ-9", "2025-01-05", 8, 1, 1, "1.5", 1, 1, 1, 1, 1, 1, ""),
+            ("P1", "GAD-7", "2025-01-05", 7, 1, 1, 1, 1, 1, 1, 1, 0, "", ""),
+            ("P1", "PHQ-9", "2025-01-06", 12, 4, 1, 1, 1, 1, 1, 1, 1, 1, ""),
+            ("P1", "PHQ-9", "2025-01-07", 9, 1, 1, 1, 1, 1, 1, 1, 1, 1, ""),
+            ("P1", "PHQ-9", "2025-01-08", 9, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0),
+        ],
+        header=header,
+    )
+    assert errors_text(rejected(base_db, f)) == [
+        "scores.csv, row 2, column item_3: value '1.5': not a whole number",
+        "scores.csv, row 3, column item_8: value '0': GAD-7 has 7 items: item_8 must be empty",
+        "scores.csv, row 4, column item_1: value '4': item out of range: PHQ-9 items are 0-3",
+        "scores.csv, row 6, column item_10: value '0': PHQ-9 has 9 items: item_10 must be empty",
+    ]
+
+
 def test_not_a_whole_number(tmp_path, base_db):
     f = scores_file(tmp_path, [("P1", "PHQ-9", "2025-01-05", "10.5"), ("P1", "GAD-7", "2025-01-05", "ten")])
     res = rejected(base_db, f)

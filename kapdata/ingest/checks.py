@@ -19,6 +19,9 @@ class Check:
     bad: str
     reason: str  # an SQL expression giving the reason text
     value: str | None = None  # an SQL expression for the value shown; default: the raw column
+    #: False where a rule is covered in the checking pass by a cheaper equivalent (``_checked_clean``'s
+    #: ``also_bad``); it is still reported, by itself, for every failing row.
+    in_pass: bool = True
 
 
 def _lit(text: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import duckdb
 
@@ -40,17 +41,22 @@ from kapdata.ingest.staging import Stager, _Staged
 
 
 class Validator(Stager):
-    def _checked_clean(self, st: _Staged, checks: list[Check], typed: str) -> bool:
+    def _checked_clean(self, st: _Staged, checks: list[Check], typed: str, also_bad: str = "false") -> bool:
         """One pass over the parsed rows (the view ``st.table``) makes ``<table>_clean``: each row's typed
         values (the SELECT list ``typed``) and ``ok``, false where any row rule holds. The per-rule report
         then runs only over the rows that failed (each rule looks at its own row only, so that finds
-        exactly what running every rule over every row would)."""
+        exactly what running every rule over every row would). Rules marked ``in_pass=False`` are left
+        out of ``ok``; ``also_bad`` stands for them there and must hold on a row exactly when one of them
+        does (or when a rule in the pass does)."""
         if st.has_kap_error:
             # A row its converter refused is reported for that reason alone (its other cells may be empty).
-            checks = [
-                Check(c.column, f"kap_error IS NULL AND ({c.bad})", c.reason, c.value) for c in checks
-            ] + [Check("", "kap_error IS NOT NULL", "kap_error", value="NULL")]
-        bad = " OR ".join(f"coalesce({c.bad}, false)" for c in checks) if checks else "false"
+            checks = [replace(c, bad=f"kap_error IS NULL AND ({c.bad})") for c in checks] + [
+                Check("", "kap_error IS NOT NULL", "kap_error", value="NULL")
+            ]
+        terms = [f"coalesce({c.bad}, false)" for c in checks if c.in_pass]
+        if also_bad != "false":
+            terms.append(f"coalesce({also_bad}, false)")
+        bad = " OR ".join(terms) if terms else "false"
         clean = st.table + "_clean"
         # A direct file's rows are numbered from their order afterwards (``_number_clean``).
         into, row_no = (clean + "_rows", "") if st.direct else (clean, "row_no, ")
@@ -409,18 +415,36 @@ class Validator(Stager):
         for n in items:
             col = f"item_{n}"
             checks += [
-                Check(col, f"{col} IS NOT NULL AND {col}__n IS NULL", _lit("not a whole number")),
+                Check(
+                    col, f"{col} IS NOT NULL AND {col}__n IS NULL", _lit("not a whole number"), in_pass=False
+                ),
                 Check(
                     col,
                     f"{col}__n IS NOT NULL AND {n} > n_items",
                     f"instrument__v || ' has ' || n_items || ' items: {col} must be empty'",
+                    in_pass=False,
                 ),
                 Check(
                     col,
                     f"{n} <= n_items AND ({col}__n < item_lo OR {col}__n > item_hi)",
                     "'item out of range: ' || instrument__v || ' items are ' || item_lo || '-' || item_hi",
+                    in_pass=False,
                 ),
             ]
+        # In the checking pass the three rules above, for every item, are one test: each answer given is
+        # a whole number in range at a position the scale has. (Where the instrument is unknown its own
+        # rule refuses the row.)
+        items_bad = (
+            "NOT ("
+            + " AND ".join(
+                f"(item_{n} IS NULL OR coalesce({n} <= n_items "
+                f"AND item_{n}__n BETWEEN item_lo AND item_hi, false))"
+                for n in items
+            )
+            + ")"
+            if items
+            else "false"
+        )
         if items:
             present = set(items)
             answer = {n: f"item_{n}" if n in present else "NULL" for n in range(1, reg.MAX_ITEMS + 1)}
@@ -476,20 +500,23 @@ class Validator(Stager):
         else:
             checks.append(Check("total", "total IS NULL", _lit("a score needs a total or its item answers")))
         if items:
-            # Every position up to the longest scale, NULL where the file has no such column, so a prorated
-            # row keeps each answer at its item number (and NULL where it was not answered).
-            item_list = (
-                "["
-                + ", ".join(
-                    f"try_cast(item_{n}__n AS SMALLINT)" if n in items else "CAST(NULL AS SMALLINT)"
-                    for n in range(1, reg.MAX_ITEMS + 1)
+            # Every position of the scale, NULL where the file has no such column, so a prorated row keeps
+            # each answer at its item number (and NULL where it was not answered). One list per scale
+            # length (not the longest list, sliced): a row builds only its own.
+            def answers(length: int) -> str:
+                return (
+                    "["
+                    + ", ".join(
+                        f"try_cast(item_{n}__n AS SMALLINT)" if n in items else "CAST(NULL AS SMALLINT)"
+                        for n in range(1, length + 1)
+                    )
+                    + "]"
                 )
-                + "]"
-            )
+
+            lengths = sorted({i.n_items for i in reg.INSTRUMENTS})
+            item_list = "CASE n_items " + " ".join(f"WHEN {k} THEN {answers(k)}" for k in lengths) + " END"
             total_expr = "CASE WHEN prorate_ok THEN prorated_total ELSE coalesce(total__n, item_sum) END"
-            items_expr = (
-                f"CASE WHEN items_given = n_items OR prorate_ok THEN list_slice({item_list}, 1, n_items) END"
-            )
+            items_expr = f"CASE WHEN items_given = n_items OR prorate_ok THEN {item_list} END"
             prorated_expr = "prorate_ok"
         else:
             total_expr = "total__n"
@@ -498,7 +525,7 @@ class Validator(Stager):
         typed = f"""patient_id, instrument__v AS instrument, assessed_on__d AS assessed_on,
                    assessed_on__ts AS assessed_at, try_cast({total_expr} AS SMALLINT) AS total,
                    {items_expr} AS items, phase__v AS phase, {prorated_expr} AS prorated"""
-        if not self._checked_clean(st, checks, typed):
+        if not self._checked_clean(st, checks, typed, items_bad):
             return  # the file is refused whole
         self._lookalike_ids(st)
         self._unknown_patients(st)
