@@ -44,7 +44,7 @@ from kapdata.cohort import COHORT_SQL, CohortFilter
 from kapdata.export_cli import ExportError, ExportRefused, add_cli  # noqa: F401 - re-exported
 from kapdata.outcomes import OUTCOME_COLUMNS
 
-if TYPE_CHECKING:  # frames only for the page's preview; Arrow only for a CSV data file and the preview
+if TYPE_CHECKING:  # frames and Arrow only for the page's preview and the FHIR bundle
     import pandas as pd
     import pyarrow as pa
 
@@ -518,7 +518,28 @@ def _keyed_parquet(
     return _column_types(con.sql(sql, params=params))  # a lazy relation: bound for its types, not run
 
 
-#: Data-dictionary types of DuckDB's type ids (as :func:`_arrow_type` gives for the Arrow types).
+def _keyed_csv(
+    con: duckdb.DuckDBPyConnection, spec: ExportSpec, secret: str | None, target: Path
+) -> list[tuple[str, str]]:
+    """Write the re-keyed rows as CSV with DuckDB's own writer (no Arrow table of every row in Python):
+    a header, cells quoted only where they must be, empty for NULL; every text cell starting with
+    ``= + - @`` (or tab, carriage return) prefixed with ``'`` in the SQL (:func:`csvsafe.sql_neutralised`).
+    Returns the columns' names and data-dictionary types (:func:`_column_types`)."""
+    sql = _keyed_sql(spec)
+    params = _keyed_params(spec, sql, secret, None)
+    rel = con.sql(sql, params=params)  # a lazy relation: bound for its columns and types, not run
+    cells = [
+        csvsafe.sql_neutralised(f'r."{c}"') + f' AS "{c}"' if t.id == "varchar" else f'r."{c}"'
+        for c, t in zip(rel.columns, rel.types, strict=True)
+    ]
+    con.execute(
+        "COPY (SELECT " + ", ".join(cells) + " FROM (" + sql + ") r) TO $kap_copy_target (HEADER)",
+        params | {"kap_copy_target": str(target)},
+    ).fetchall()
+    return _column_types(rel)
+
+
+#: Data-dictionary types of DuckDB's type ids.
 _DUCKDB_TYPES: dict[str, str] = {
     "boolean": "boolean",
     **dict.fromkeys(("tinyint", "smallint", "integer", "bigint", "hugeint"), "integer"),
@@ -661,20 +682,6 @@ def _k_anonymity(con: duckdb.DuckDBPyConnection, spec: ExportSpec, n: int) -> KA
 
 
 # ---------------------------------------------------------------- data dictionary
-
-
-def _arrow_type(t: pa.DataType) -> str:
-    import pyarrow as pa
-
-    if pa.types.is_boolean(t):
-        return "boolean"
-    if pa.types.is_integer(t):
-        return "integer"
-    if pa.types.is_floating(t) or pa.types.is_decimal(t):
-        return "number"
-    if pa.types.is_date(t) or pa.types.is_timestamp(t):
-        return "date"
-    return "string"
 
 
 def _join(parts: Sequence[str]) -> str:
@@ -929,34 +936,6 @@ def _dictionary(
 # ---------------------------------------------------------------- files
 
 
-def neutralise_formulas(table: pa.Table) -> pa.Table:
-    """Text cells starting with ``= + - @`` (or tab, carriage return) get a leading ``'``.
-
-    Numbers are not text and are untouched."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    pattern = "^([" + "".join("\\" + c if c in "-\\]^" else c for c in FORMULA_PREFIXES) + "])"
-    for i, f in enumerate(table.schema):
-        if not (pa.types.is_string(f.type) or pa.types.is_large_string(f.type)):
-            continue
-        column = table.column(i)
-        # Most text columns hold a handful of distinct values: test those before rewriting the column.
-        if pc.any(pc.match_substring_regex(pc.unique(column), pattern=pattern)).as_py():
-            table = table.set_column(
-                i, f, pc.replace_substring_regex(column, pattern=pattern, replacement="'\\1")
-            )
-    return table
-
-
-def csv_bytes(table: pa.Table) -> bytes:
-    import pyarrow.csv as pa_csv
-
-    buf = io.BytesIO()
-    pa_csv.write_csv(neutralise_formulas(table), buf)
-    return buf.getvalue()
-
-
 def _quoted(cell: str | None) -> str:
     if cell is None:
         return ""
@@ -964,9 +943,8 @@ def _quoted(cell: str | None) -> str:
 
 
 def text_csv_bytes(header: Sequence[str], rows: Sequence[Sequence[str | None]]) -> bytes:
-    """A small all-text table as CSV, byte for byte as :func:`csv_bytes` writes it from Arrow (every cell
-    and header name quoted, ``""`` for a quote, empty for None, ``\\n`` line ends; formulas neutralised),
-    without importing pyarrow: the data dictionary and Table 1."""
+    """A small all-text table as CSV (every cell and header name quoted, ``""`` for a quote, empty for None,
+    ``\\n`` line ends; formulas neutralised), without importing pyarrow: the data dictionary and Table 1."""
     lines = [",".join(_quoted(str(h)) for h in header)]
     lines.extend(",".join(_quoted(c) for c in row) for row in rows)
     return ("\n".join(lines) + "\n").encode()
@@ -1017,14 +995,12 @@ def build(
     spec, k = _resolve_qis(con, spec, patients)
     if k.refused:
         raise ExportRefused(k)
-    if spec.file_format == "csv":
-        table = _keyed(con, spec, secret)
-        columns, data = [(f.name, _arrow_type(f.type)) for f in table.schema], csv_bytes(table)
-    else:  # DuckDB writes the Parquet file itself (no Arrow table of every row in Python)
-        with tempfile.TemporaryDirectory(prefix="kapexport") as tmp:
-            target = Path(tmp) / spec.data_file
-            columns = _keyed_parquet(con, spec, secret, target)
-            data = target.read_bytes()
+    # DuckDB writes the data file itself (COPY; no Arrow table of every row in Python).
+    write = _keyed_csv if spec.file_format == "csv" else _keyed_parquet
+    with tempfile.TemporaryDirectory(prefix="kapexport") as tmp:
+        target = Path(tmp) / spec.data_file
+        columns = write(con, spec, secret, target)
+        data = target.read_bytes()
     thresholds = _thresholds(con)
     min_cell = int(db.get_settings(con)["min_cell"])
     table1 = _table1_rows(con, spec, min_cell, patients)
