@@ -163,37 +163,59 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
 )
 
+if any(i.item_min < 0 or i.total_max > 255 for i in reg.INSTRUMENTS):  # kap_point_key's 8 bits of total
+    raise RuntimeError("an instrument's totals do not fit score_points' key (0..255)")
+
 # Derived views, re-created whenever this text changes (its hash is kept in meta).
 VIEWS_SQL: tuple[str, ...] = (
     *phases.PHASE_VIEWS_SQL,
+    # A score as one sortable BIGINT (the newest is the largest): its time in microseconds, then its total
+    # and prorated flag in the low 9 bits. The last score of a phase is then a plain max() of this key, one
+    # aggregate per phase instead of a max_by per column (the outcomes refresh 0.27 -> 0.20 s at 50,000
+    # patients); time is unique per patient and instrument, so the key picks exactly the row that
+    # max_by(..., assessed_at) would. Fits for any import: dates are 1900..today (1400..2540 would fit)
+    # and totals 0..255 (checked below against the registry).
+    """CREATE OR REPLACE MACRO kap_point_key(ts, total, prorated) AS
+    epoch_us(ts) * 512 + CAST(total AS INTEGER) * 2 + CAST(prorated AS INTEGER)""",
+    """CREATE OR REPLACE MACRO kap_point_total(k) AS CAST((k & 511) >> 1 AS SMALLINT)""",
+    """CREATE OR REPLACE MACRO kap_point_prorated(k) AS (k & 1) = 1""",
+    # assessed_on is the date of assessed_at (both set from one parsed value at import).
+    """CREATE OR REPLACE MACRO kap_point_on(k) AS CAST(make_timestamp(k >> 9) AS DATE)""",
     # Baseline: the last score of a scale in preparation, at most baseline_max_days before the first dose.
     # Latest: the last score after baseline (the last score outside preparation). Phase endpoints: the last
     # score in each phase. ``*_prorated``: that score's total was prorated from answered items.
     """CREATE OR REPLACE VIEW score_points AS
     WITH b AS (SELECT CAST(value AS INTEGER) AS days FROM settings WHERE key = 'baseline_max_days'),
     s AS (
-        SELECT s.*, s.phase = 'preparation' AND (s.day IS NULL OR s.day >= -(SELECT days FROM b))
-                    AS baseline_eligible
+        SELECT s.patient_id, s.instrument, s.phase,
+               s.phase = 'preparation' AND (s.day IS NULL OR s.day >= -(SELECT days FROM b))
+                   AS baseline_eligible,
+               kap_point_key(s.assessed_at, s.total, s.prorated) AS k
         FROM scores_phased s
+    ),
+    k AS (
+        SELECT patient_id, instrument,
+               max(k) FILTER (WHERE baseline_eligible) AS kb,
+               max(k) FILTER (WHERE phase = 'dosing') AS kd,
+               max(k) FILTER (WHERE phase = 'integration') AS ki,
+               max(k) FILTER (WHERE phase = 'follow-up') AS kf,
+               max(k) FILTER (WHERE phase <> 'preparation') AS kl,
+               count(*) AS n_scores
+        FROM s GROUP BY patient_id, instrument
     )
     SELECT patient_id, instrument,
-           max_by(total, assessed_at) FILTER (WHERE baseline_eligible) AS baseline,
-           max(assessed_on) FILTER (WHERE baseline_eligible) AS baseline_on,
-           max_by(prorated, assessed_at) FILTER (WHERE baseline_eligible) AS baseline_prorated,
-           max_by(total, assessed_at) FILTER (WHERE phase = 'dosing') AS dosing,
-           max(assessed_on) FILTER (WHERE phase = 'dosing') AS dosing_on,
-           max_by(prorated, assessed_at) FILTER (WHERE phase = 'dosing') AS dosing_prorated,
-           max_by(total, assessed_at) FILTER (WHERE phase = 'integration') AS integration,
-           max(assessed_on) FILTER (WHERE phase = 'integration') AS integration_on,
-           max_by(prorated, assessed_at) FILTER (WHERE phase = 'integration') AS integration_prorated,
-           max_by(total, assessed_at) FILTER (WHERE phase = 'follow-up') AS follow_up,
-           max(assessed_on) FILTER (WHERE phase = 'follow-up') AS follow_up_on,
-           max_by(prorated, assessed_at) FILTER (WHERE phase = 'follow-up') AS follow_up_prorated,
-           max_by(total, assessed_at) FILTER (WHERE phase <> 'preparation') AS latest,
-           max(assessed_on) FILTER (WHERE phase <> 'preparation') AS latest_on,
-           max_by(prorated, assessed_at) FILTER (WHERE phase <> 'preparation') AS latest_prorated,
-           count(*) AS n_scores
-    FROM s GROUP BY patient_id, instrument""",
+           kap_point_total(kb) AS baseline, kap_point_on(kb) AS baseline_on,
+           kap_point_prorated(kb) AS baseline_prorated,
+           kap_point_total(kd) AS dosing, kap_point_on(kd) AS dosing_on,
+           kap_point_prorated(kd) AS dosing_prorated,
+           kap_point_total(ki) AS integration, kap_point_on(ki) AS integration_on,
+           kap_point_prorated(ki) AS integration_prorated,
+           kap_point_total(kf) AS follow_up, kap_point_on(kf) AS follow_up_on,
+           kap_point_prorated(kf) AS follow_up_prorated,
+           kap_point_total(kl) AS latest, kap_point_on(kl) AS latest_on,
+           kap_point_prorated(kl) AS latest_prorated,
+           n_scores
+    FROM k""",
     # The outcome rules of DESIGN §5, written once: baseline b, endpoint e, and the instrument's
     # thresholds. Used for completers (the phase endpoint) and for intention-to-treat (LOCF endpoint).
     # NULL (undefined) where an end is missing; response needs a baseline above 0; remission, recovery and

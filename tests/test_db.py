@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
@@ -62,6 +63,33 @@ def test_views_are_recreated_when_their_text_changes(base_db):
     with db.reader(base_db) as con:
         assert con.execute("SELECT count(*) FROM outcomes").fetchone() == (4,)
         assert db.schema_current(con)
+
+
+def test_score_point_key_orders_by_time_and_gives_back_total_flag_and_day(db_file):
+    # score_points takes the newest score of a phase as max() of one packed key: the key must sort by time
+    # alone and decode to that score's own total, prorated flag and date, before 1970 and at the extremes
+    # (the earliest date an import accepts, the largest total it could hold, a microsecond apart).
+    rows = [
+        ("1969-12-31 23:59:59.999999", 255, True),
+        ("1969-12-31 23:59:59.999998", 0, False),
+        ("1900-01-01 00:00:00", 0, True),
+        ("1900-01-01 00:00:00.000001", 255, True),
+        ("2025-03-01 08:30:00.000001", 27, False),
+        ("2025-03-01 08:30:00", 80, True),
+        ("2539-12-31 23:59:59.999999", 255, False),
+    ]
+    with db.session(db_file) as con:
+        decoded = con.execute(
+            """SELECT ts, kap_point_total(k), kap_point_prorated(k), kap_point_on(k) = CAST(ts AS DATE),
+                      rank() OVER (ORDER BY k) = rank() OVER (ORDER BY ts)
+               FROM (SELECT CAST(ts AS TIMESTAMP) AS ts, kap_point_key(CAST(ts AS TIMESTAMP), t, p) AS k
+                     FROM (SELECT unnest(?, recursive := true))) ORDER BY ts""",
+            [[{"ts": ts, "t": t, "p": p} for ts, t, p in rows]],
+        ).fetchall()
+    assert [(r[0], r[1], r[2]) for r in decoded] == sorted(
+        (datetime.fromisoformat(ts), t, p) for ts, t, p in rows
+    )
+    assert all(r[3] and r[4] for r in decoded)
 
 
 def test_a_database_whose_outcomes_were_a_view_gets_the_stored_table(base_db):
