@@ -345,6 +345,23 @@ def test_gad7_with_one_item_missing_is_prorated(tmp_path, db_file):
     assert query(db_file, "SELECT safety_flag FROM scores_phased") == [(False,)]  # GAD-7 has no safety item
 
 
+def test_item_answers_are_trimmed_and_a_blank_answer_is_missing(tmp_path, base_db):
+    """Padded answers (spaces, a no-break space) are read as their number, a blank cell as no answer;
+    a one-character answer that is not a number is refused, as a longer one is."""
+    header = "patient_id,instrument,assessed_on" + "".join(f",item_{n}" for n in range(1, 8))
+    good = "P1,GAD-7,2025-02-25, 3,3 ,\u00a02,2, ,1,0"  # item 5 is one space
+    f = write_text(tmp_path / "gad.csv", f"{header}\n{good}\n")
+    assert load(base_db, f).committed
+    # Six answers sum to 11: 11 / 6 x 7 = 12.8, rounded to 13.
+    assert query(
+        base_db, "SELECT total, items, prorated FROM scores WHERE assessed_on = DATE '2025-02-25'"
+    ) == [(13, [3, 3, 2, 2, None, 1, 0], True)]
+    bad = write_text(tmp_path / "bad.csv", f"{header}\nP1,GAD-7,2025-02-26,x,3,3,3,3,3,3\n")
+    assert [str(p) for p in rejected(base_db, bad).errors] == [
+        "bad.csv, row 2, column item_1: value 'x': not a whole number"
+    ]
+
+
 def test_phq9_with_two_items_missing_and_no_item_columns_beyond_8_is_prorated(tmp_path, db_file):
     """A file without an item_9 column: item 9 counts as missing. Items 1-7 sum to 7: 7 / 7 x 9 = 9."""
     f = scores_file(

@@ -41,6 +41,7 @@ from kapdata.ingest.contract import (
     identifier_kind,
 )
 from kapdata.ingest.readers import FileError, _read_raw, read_header
+from kapdata.ingest.staging import _text_cell
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -278,10 +279,6 @@ class Part:
     label: str = ""  # "" or the scale a part holds (wide and REDCap layouts: one part per scale)
 
 
-def _cell(pos: int) -> str:
-    return f"nullif(trim(CAST(#{pos} AS VARCHAR)), '')"
-
-
 class _Sql:
     """Builds the SELECT that turns the raw table into contract rows; parameters are collected, never
     formatted in."""
@@ -320,7 +317,7 @@ class _Sql:
     def column(self, target: str, pos: int | None) -> str:
         if pos is None:
             return f"CAST(NULL AS VARCHAR) AS {target}"
-        expr = _cell(pos)
+        expr = _text_cell(pos)
         if target in DATE_TARGETS:
             expr = self.date(target, expr)
         return f"{self.value(target, expr)} AS {target}"
@@ -395,7 +392,7 @@ def _wide_part(
         sql.column("total", own.get("total")),
         sql.column("phase", shared.get("phase")),
     ] + [sql.column(t, p) for t, p in own.items() if t.startswith("item_")]
-    present = " OR ".join(f"{_cell(p)} IS NOT NULL" for t, p in own.items() if t != "assessed_on" and p)
+    present = " OR ".join(f"{_text_cell(p)} IS NOT NULL" for t, p in own.items() if t != "assessed_on" and p)
     select = f"SELECT {row}, {', '.join(cols)}, {sql.error_expr()} FROM mapped_raw WHERE {present}{lim}"
     return con.sql(select, params=sql.params or None).to_arrow_table()
 

@@ -26,8 +26,9 @@ import pyarrow.compute as pc
 
 from kapdata import instruments as reg
 from kapdata.ingest.checks import _lit
-from kapdata.ingest.mapping import Mapping, MappingError, Part, _cell, _find, _positions, _Sql
+from kapdata.ingest.mapping import Mapping, MappingError, Part, _find, _positions, _Sql
 from kapdata.ingest.readers import _quote_ident
+from kapdata.ingest.staging import _text_cell
 
 #: REDCap's usual field prefix per scale.
 PREFIX = {"PHQ-9": "phq9", "GAD-7": "gad7", "PCL-5": "pcl5"}
@@ -105,13 +106,13 @@ def convert(
                 f'no date field for {code}: name it in the mapping\'s dates ({{"{code}": "…_date"}})'
             )
     pseudonymous = bool(mapping.ids_are_pseudonymous)
-    rec = _cell(int(_find(positions, record) or 0))
+    rec = _text_cell(int(_find(positions, record) or 0))
     if pseudonymous:
         patient = rec
     else:
         if key is None:
             raise MappingError("a key is needed to pseudonymise REDCap record ids")
-        # The distinct record ids (trimmed, blanks left out, as _cell reads them), read column-wise.
+        # The distinct record ids (trimmed, blanks left out, as _text_cell reads them), read column-wise.
         column = con.table("mapped_raw").to_arrow_table().column(int(_find(positions, record) or 1) - 1)
         trimmed = pc.utf8_trim_whitespace(pc.cast(column, pa.string()))
         ids = [v for v in pc.unique(trimmed).to_pylist() if v]
@@ -128,7 +129,7 @@ def convert(
             "(SELECT k.patient_id FROM record_keys k "
             f"WHERE k.record = nullif(trim(CAST({qualified} AS VARCHAR)), ''))"
         )
-    ev = _cell(int(_find(positions, event) or 0))
+    ev = _text_cell(int(_find(positions, event) or 0))
     row = f"CAST(rowid + {int(offset)} AS BIGINT) AS _kap_row"
     lim = f" ORDER BY rowid LIMIT {int(limit)}" if limit is not None else ""
     parts: list[Part] = []
@@ -154,7 +155,7 @@ def convert(
             f"{phase} AS phase",
         ] + [sql.column(t, p) for t, p in own.items() if t.startswith("item_")]
         present = " OR ".join(
-            f"{_cell(int(p))} IS NOT NULL" for t, p in own.items() if t != "assessed_on" and p
+            f"{_text_cell(int(p))} IS NOT NULL" for t, p in own.items() if t != "assessed_on" and p
         )
         select = f"SELECT {row}, {', '.join(cols)}, {sql.error_expr()} FROM mapped_raw WHERE ({present}){lim}"
         parts.append(Part("scores", con.sql(select, params=sql.params or None).to_arrow_table(), code))
