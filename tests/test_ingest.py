@@ -1184,6 +1184,10 @@ def test_fingerprint_finds_a_blank_line_across_read_chunks(tmp_path):
     data = b"x" * (chunk - 1) + b"\n" + b"\n" + b"y\n"  # the blank line begins at the chunk's last byte
     straddling.write_bytes(data)
     assert ingest.fingerprint(straddling) == (hashlib.sha256(data).hexdigest(), True)
+    crlf = tmp_path / "c.csv"
+    data = b"x" * (chunk - 2) + b"\r\n" + b"\r\n" + b"y\r\n"  # the chunk ends in "\n", the next begins "\r\n"
+    crlf.write_bytes(data)
+    assert ingest.fingerprint(crlf) == (hashlib.sha256(data).hexdigest(), True)
     plain = tmp_path / "b.csv"
     plain.write_bytes(b"a,b\r\n1,2\r\n")
     assert ingest.fingerprint(plain)[1] is False
