@@ -645,20 +645,30 @@ def test_patient_attribute_values_are_validated(tmp_path, base_db, column, value
         ),
         ("route", "rectal", "unknown route; expected one of IV, IM, SL, IN, oral"),
         ("dose_mg", "-1", "dose_mg must be between 0 and 2000"),
+        ("dose_mg_per_kg", "1_0", "not a number"),
+        ("dose_mg_per_kg", "10.5", "dose_mg_per_kg must be between 0 and 10"),
+        ("bp_sys_pre", "120.5", "not a whole number"),
+        ("bp_sys_post", "301", "systolic blood pressure (mmHg) must be between 50 and 300"),
+        ("bp_dia_pre", "high", "not a whole number"),
+        ("bp_dia_post", "19", "diastolic blood pressure (mmHg) must be between 20 and 200"),
     ],
 )
 def test_session_values_are_validated(tmp_path, base_db, column, value, reason):
-    header = "patient_id,session_date,route,dose_mg,dissociation,side_effects"
     row = {
         "patient_id": "B1",
         "session_date": "2025-03-08",
         "route": "IV",
         "dose_mg": "35",
+        "dose_mg_per_kg": "0.5",
+        "bp_sys_pre": "120",
+        "bp_dia_pre": "80",
+        "bp_sys_post": "130.0",
+        "bp_dia_post": "85",
         "dissociation": "7",
         "side_effects": "nausea; Dizziness",
     }
     row[column] = value
-    s = write_text(tmp_path / "sessions.csv", csv_lines(header, [tuple(row.values())]))
+    s = write_text(tmp_path / "sessions.csv", csv_lines(",".join(row), [tuple(row.values())]))
     problem = only_error(rejected(base_db, s))
     assert str(problem) == f"sessions.csv, row 2, column {column}: value '{value}': {reason}"
 

@@ -129,8 +129,16 @@ def _date_checks(column: str) -> list[Check]:
     ]
 
 
+def _number_column(column: str, whole: bool = True) -> str:
+    """SELECT item for the parsed view: the text column as a (whole) number, ``<column>__n``, parsed once
+    per row for every rule and the typed value that use it."""
+    return f"{_whole(column) if whole else _num(column)} AS {column}__n"
+
+
 def _range_check(column: str, low: float, high: float, what: str, whole: bool = True) -> list[Check]:
-    parsed = _whole(column) if whole else _num(column)
+    """The rules of a number column; the parsed view has its ``<column>__n`` (:func:`_number_column`, the
+    same ``whole``)."""
+    parsed = f"{column}__n"
     kind = "a whole number" if whole else "a number"
     return [
         Check(column, f"{column} IS NOT NULL AND {parsed} IS NULL", _lit(f"not {kind}")),

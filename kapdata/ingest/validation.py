@@ -18,6 +18,7 @@ from kapdata.ingest.checks import (
     _in_list,
     _lit,
     _num,
+    _number_column,
     _parse_date_sql,
     _range_check,
     _route_check,
@@ -279,6 +280,16 @@ class Validator(Stager):
 
     def _parse_sessions(self, st: _Staged) -> None:
         cols = COLUMNS["sessions"]
+        systolic, diastolic = "systolic blood pressure (mmHg)", "diastolic blood pressure (mmHg)"
+        numbers = {  # column: (whole number?, lowest, highest, what it is)
+            "dose_mg": (False, 0, 2000, "dose_mg"),
+            "dose_mg_per_kg": (False, 0, 10, "dose_mg_per_kg"),
+            "bp_sys_pre": (True, 50, 300, systolic),
+            "bp_sys_post": (True, 50, 300, systolic),
+            "bp_dia_pre": (True, 20, 200, diastolic),
+            "bp_dia_post": (True, 20, 200, diastolic),
+            "dissociation": (True, 0, 24, "dissociation (CADSS-6 total)"),
+        }
         self._create_parsed(
             st,
             lambda: (
@@ -287,18 +298,14 @@ class Validator(Stager):
                    CAST({_parse_date_sql("session_date")} AS DATE) AS session_date__d,
                    {_alias_case("route", ROUTE_ALIASES)} AS route__v,
                    list_filter(string_split(lower(coalesce(side_effects, '')), ';'), lambda x: trim(x) <> '')
-                       AS side_effects__l
+                       AS side_effects__l,
+                   {", ".join(_number_column(c, whole) for c, (whole, *_) in numbers.items())}
             FROM (SELECT {self._select_text(st, cols)} FROM {st.raw})"""
             ),
         )
         checks = _common_checks() + _date_checks("session_date") + [_route_check()]
-        checks += _range_check("dose_mg", 0, 2000, "dose_mg", whole=False)
-        checks += _range_check("dose_mg_per_kg", 0, 10, "dose_mg_per_kg", whole=False)
-        for col in ("bp_sys_pre", "bp_sys_post"):
-            checks += _range_check(col, 50, 300, "systolic blood pressure (mmHg)")
-        for col in ("bp_dia_pre", "bp_dia_post"):
-            checks += _range_check(col, 20, 200, "diastolic blood pressure (mmHg)")
-        checks += _range_check("dissociation", 0, 24, "dissociation (CADSS-6 total)")
+        for col, (whole, low, high, what) in numbers.items():
+            checks += _range_check(col, low, high, what, whole=whole)
         checks.append(
             Check(
                 "side_effects",
@@ -306,14 +313,13 @@ class Validator(Stager):
                 _lit("unknown side effect; use ';' between any of " + ", ".join(SIDE_EFFECTS)),
             )
         )
-        typed = f"""patient_id, session_date__d AS session_date, route__v AS route,
-                   {_num("dose_mg")} AS dose_mg,
-                   {_num("dose_mg_per_kg")} AS dose_mg_per_kg,
-                   try_cast({_whole("bp_sys_pre")} AS SMALLINT) AS bp_sys_pre,
-                   try_cast({_whole("bp_dia_pre")} AS SMALLINT) AS bp_dia_pre,
-                   try_cast({_whole("bp_sys_post")} AS SMALLINT) AS bp_sys_post,
-                   try_cast({_whole("bp_dia_post")} AS SMALLINT) AS bp_dia_post,
-                   try_cast({_whole("dissociation")} AS SMALLINT) AS dissociation,
+        typed = """patient_id, session_date__d AS session_date, route__v AS route,
+                   dose_mg__n AS dose_mg, dose_mg_per_kg__n AS dose_mg_per_kg,
+                   try_cast(bp_sys_pre__n AS SMALLINT) AS bp_sys_pre,
+                   try_cast(bp_dia_pre__n AS SMALLINT) AS bp_dia_pre,
+                   try_cast(bp_sys_post__n AS SMALLINT) AS bp_sys_post,
+                   try_cast(bp_dia_post__n AS SMALLINT) AS bp_dia_post,
+                   try_cast(dissociation__n AS SMALLINT) AS dissociation,
                    nullif(array_to_string(list_transform(side_effects__l, lambda x: trim(x)), ';'), '')
                        AS side_effects"""
         if not self._checked_clean(st, checks, typed):
