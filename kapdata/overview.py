@@ -39,9 +39,20 @@ _SCOPED = (
 
 def overview(con: duckdb.DuckDBPyConnection, scope: tuple[str, ...] | None = None) -> Overview:
     """``scope``: the clinics the person may see (``Principal.scope()``); None for every clinic. Every count
-    and the headline are then of those clinics' patients only (in SQL)."""
+    and the headline are then of those clinics' patients only (in SQL); the import batches are those that
+    brought in a row of those patients (a batch of another clinic's file is not counted)."""
     sp = {"scope_all": scope is None, "scope": list(scope or ())}
     inside = f"patient_id IN {_SCOPED}"
+    # Every clinic: every batch, without reading the tables for their batch numbers.
+    batches_scoped = (
+        ""
+        if scope is None
+        else f"""AND batch_id IN (
+            SELECT batch_id FROM patients WHERE {inside}
+            UNION SELECT attributes_batch_id FROM patients WHERE {inside}
+            UNION SELECT batch_id FROM sessions WHERE {inside}
+            UNION SELECT batch_id FROM scores WHERE {inside})"""
+    )
     counts = con.execute(
         f"""SELECT (SELECT count(*) FROM patients WHERE {inside}),
                   (SELECT count(*) FROM patients WHERE attributes_known AND {inside}),
@@ -50,7 +61,7 @@ def overview(con: duckdb.DuckDBPyConnection, scope: tuple[str, ...] | None = Non
                   (SELECT count(*) FROM patient_dosing WHERE {inside}),
                   (SELECT CAST(min(assessed_on) AS VARCHAR) FROM scores WHERE {inside}),
                   (SELECT CAST(max(assessed_on) AS VARCHAR) FROM scores WHERE {inside}),
-                  (SELECT count(*) FROM batches WHERE undone_at IS NULL)""",
+                  (SELECT count(*) FROM batches WHERE undone_at IS NULL {batches_scoped})""",
         sp,
     ).fetchone()
     assert counts is not None

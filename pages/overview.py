@@ -10,9 +10,11 @@ path = kapui.initialise()
 data = kapui.overview(path, kapui.data_version(path))
 
 st.title("KAP Outcomes")
+# Where the database file lives on the server is for the people who run it (admin), not every reader.
+where = f"Database: `{path}` · " if kapui.principal().may("settings") else ""
 st.caption(
     "Outcomes of ketamine-assisted psychotherapy across preparation, dosing, integration and follow-up. "
-    f"Database: `{path}` · scores from {data.first_score or '–'} to {data.last_score or '–'}."
+    f"{where}Scores from {data.first_score or '–'} to {data.last_score or '–'}."
 )
 
 c = st.columns(5)
@@ -20,7 +22,11 @@ c[0].metric("Patients", f"{data.patients:,}", help="Pseudonymous patients in the
 c[1].metric("Started dosing", f"{data.started_dosing:,}", help="Patients with at least one dosing session.")
 c[2].metric("Dosing sessions", f"{data.sessions:,}")
 c[3].metric("Questionnaires", f"{data.scores:,}", help="Completed PHQ-9, GAD-7 and PCL-5 questionnaires.")
-c[4].metric("Import batches", f"{data.batches:,}", help="Files loaded and not undone.")
+c[4].metric(
+    "Import batches",
+    f"{data.batches:,}",
+    help="Files loaded and not undone that brought in rows of the patients you may see.",
+)
 
 st.subheader("Headline outcomes at the latest assessment")
 st.caption(

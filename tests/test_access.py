@@ -52,6 +52,25 @@ def test_the_overview_and_the_filter_options_follow_the_scope(base: Path) -> Non
         assert filters.filter_options(con, ()).clinics == []  # an empty scope sees no clinic
 
 
+def test_a_scoped_overview_counts_only_the_batches_of_its_patients(base: Path, tmp_path: Path) -> None:
+    path = tmp_path / "kap.duckdb"
+    path.write_bytes(base.read_bytes())
+    with db.reader(path) as con:
+        header, row = con.execute(
+            "SELECT 'patient_id,clinic,provider,age_band,sex,primary_condition,route', "
+            "concat_ws(',', 'K09999', clinic, provider, age_band, sex, primary_condition, route) "
+            "FROM patients WHERE clinic = 'Riverside' LIMIT 1"
+        ).fetchone()
+    riverside = tmp_path / "patients_riverside.csv"
+    riverside.write_text(f"{header}\n{row}\n")
+    ingest.load_files([riverside], path)
+    with db.reader(path) as con:
+        assert overview.overview(con).batches == 4  # the sample's three files and the Riverside one
+        assert overview.overview(con, ("Riverside",)).batches == 4
+        assert overview.overview(con, DIRECTOR.scope()).batches == 3  # Northside: not the Riverside file
+        assert overview.overview(con, ()).batches == 0  # an empty scope sees no batch
+
+
 def test_a_clinician_cannot_open_a_patient_of_another_clinic(base: Path) -> None:
     with db.reader(base) as con:
         assert patient.patient_view(con, "K00001", principal=CLINICIAN) is not None  # Northside

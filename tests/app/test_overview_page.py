@@ -23,6 +23,8 @@ def test_overview_shows_database_counts(app_env: Path) -> None:
     assert metrics["Patients"] == f"{expected['patients']:,}"
     assert metrics["Questionnaires"] == f"{expected['scores']:,}"
     assert metrics["Dosing sessions"] == f"{expected['sessions']:,}"
+    # The local administrator (no accounts) is told which database file the app reads; a director is not.
+    assert any(f"Database: `{app_env}`" in c.value for c in at.caption)
 
 
 def test_overview_headline_matches_summary(app_env: Path) -> None:

@@ -126,6 +126,8 @@ def test_a_director_sees_only_their_clinic_and_no_patient(signed_db: Path) -> No
         north = con.execute("SELECT count(*) FROM patients WHERE clinic = 'Northside'").fetchone()[0]
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Patients"] == f"{north:,}"  # 62 of the 120 patients
+    captions = " ".join(c.value for c in at.caption)
+    assert "Scores from" in captions and "Database:" not in captions and str(signed_db) not in captions
     at.switch_page("pages/clinic_outcomes.py").run()
     assert {m.label: m.value for m in at.metric}["Patients in cohort"] == f"{north:,}"
     assert at.sidebar.multiselect(key="f_clinics").options == ["Northside"]
