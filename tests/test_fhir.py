@@ -728,3 +728,58 @@ def test_unreadable_response_joined_with_its_observation_keeps_the_observation(t
     [row] = rows(result, "scores")
     assert (row["total"], row["_kap_error"]) == ("8", "")
     assert any("gave neither items nor a total: the Observation's values kept" in n for n in result.notes)
+
+
+# ------------------------------------------------------------------------------------ Patient resources
+
+
+def test_a_fhir_patient_names_a_patient_and_never_replaces_or_blocks_its_attributes(tmp_path: Path) -> None:
+    """A FHIR Patient gives no attribute (none is read): a new patient is created with unknown attributes,
+    which a later patients file fills in; a patient already known is left as it is (not a conflict)."""
+    csv = tmp_path / "patients.csv"
+    csv.write_text(
+        "patient_id,clinic,provider,age_band,sex,primary_condition,route\n"
+        "K00001,Riverside,PR09,65+,female,MDD,IV\n"
+        "K00003,Lakeside,PR02,25-34,male,PTSD,IM\n"
+    )
+    bundle = write_json(
+        tmp_path / "b.json",
+        {
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [{"resource": {"resourceType": "Patient", "id": pid}} for pid in ("K00001", "K00002")],
+        },
+    )
+
+    def patients(path: Path) -> dict[str, tuple[Any, ...]]:
+        with db.reader(path) as con:
+            found = con.execute(
+                "SELECT patient_id, clinic, attributes_known, batch_id, attributes_batch_id FROM patients"
+            ).fetchall()
+        return {r[0]: r[1:] for r in found}
+
+    # The patients file first, then the bundle: K00001 keeps its attributes, K00002 is created unknown.
+    first = tmp_path / "csv_first.duckdb"
+    ingest.load_files([csv], first)
+    result = ingest.load_files([bundle], first, fhir_ids_are_pseudonymous=True)
+    [f] = result.files
+    assert (f.rows_loaded, f.rows_already_present, f.rows_rejected) == (1, 1, 0)
+    assert any("1 patient(s) named without any attribute" in p.reason for p in result.problems)
+    assert patients(first) == {
+        "K00001": ("Riverside", True, 1, 1),
+        "K00002": (None, False, 2, None),
+        "K00003": ("Lakeside", True, 1, 1),
+    }
+
+    # The bundle first, then the patients file: the file fills in K00001; undoing it makes it unknown again.
+    second = tmp_path / "fhir_first.duckdb"
+    ingest.load_files([bundle], second, fhir_ids_are_pseudonymous=True)
+    [f] = ingest.load_files([csv], second).files
+    assert (f.rows_loaded, f.rows_already_present) == (2, 0)  # K00001 filled in, K00003 new
+    assert patients(second) == {
+        "K00001": ("Riverside", True, 1, 2),
+        "K00002": (None, False, 1, None),
+        "K00003": ("Lakeside", True, 2, 2),
+    }
+    ingest.undo_batch(2, second)
+    assert patients(second) == {"K00001": (None, False, 1, None), "K00002": (None, False, 1, None)}

@@ -13,6 +13,9 @@ from kapdata import csvsafe, db
 from kapdata.ingest.staging import _Staged
 from kapdata.ingest.validation import Validator
 
+#: The patients columns besides the id (the attributes a patients file gives).
+_PATIENT_ATTRIBUTES = ("clinic", "provider", "age_band", "sex", "primary_condition", "route")
+
 
 class Loader(Validator):
     """One load call: stage every file, validate, then commit or roll back."""
@@ -60,21 +63,42 @@ class Loader(Validator):
         ok_row = self.con.execute(count_sql).fetchone()
         ok_rows = int(ok_row[0]) if ok_row else 0
         if kind == "patients":
+            # A row that names a patient and gives none of the attributes (a FHIR Patient: no other field is
+            # read; a patients file with only patient_id) says the patient exists, not what they are: a new
+            # patient is created with unknown attributes, which a later patients file fills in, and a
+            # patient already there is left as it is.
+            named_only = " AND ".join(f"n.{c} IS NULL" for c in _PATIENT_ATTRIBUTES)
             fill = self.con.execute(
                 f"""SELECT count(*) FROM {rows} n JOIN patients p USING (patient_id)
-                   WHERE NOT p.attributes_known"""
+                   WHERE NOT p.attributes_known AND NOT ({named_only})"""
             ).fetchone()
             filled = int(fill[0]) if fill else 0
             self.con.execute(
                 f"""UPDATE patients AS p SET clinic = n.clinic, provider = n.provider, age_band = n.age_band,
                        sex = n.sex, primary_condition = n.primary_condition, route = n.route,
                        attributes_known = true, attributes_batch_id = ?
-                   FROM {rows} n WHERE p.patient_id = n.patient_id AND NOT p.attributes_known""",
+                   FROM {rows} n WHERE p.patient_id = n.patient_id AND NOT p.attributes_known
+                       AND NOT ({named_only})""",
                 [batch_id],
             )
+            unknown = self.con.execute(
+                f"""SELECT count(*) FROM {rows} n
+                   WHERE {named_only} AND patient_id NOT IN (SELECT patient_id FROM patients)"""
+            ).fetchone()
+            if unknown and unknown[0]:
+                self._problem(
+                    st.src,
+                    f"{unknown[0]} patient(s) named without any attribute (clinic, provider, age band, sex, "
+                    "condition, route): created with unknown attributes, which a patients file can fill in",
+                    row=None,
+                    column="patient_id",
+                    value=None,
+                    severity="info",
+                )
             inserted = self.con.execute(
                 f"""INSERT INTO patients
-                   SELECT patient_id, clinic, provider, age_band, sex, primary_condition, route, true, ?, ?
+                   SELECT patient_id, clinic, provider, age_band, sex, primary_condition, route,
+                          NOT ({named_only}), ?, CASE WHEN {named_only} THEN NULL ELSE ? END
                    FROM {rows} n WHERE patient_id NOT IN (SELECT patient_id FROM patients)""",
                 [batch_id, batch_id],
             ).fetchone()

@@ -265,11 +265,13 @@ class Validator(Stager):
             for v in value_cols
         )
         differs = " OR ".join(f"c.{v} IS DISTINCT FROM p.{v}" for v in value_cols)
+        # A row that gives no attribute only names the patient (a FHIR Patient): never a conflict.
+        named_only = " AND ".join(f"c.{v} IS NULL" for v in value_cols)
         rows = f"""SELECT c.row_no, 'patient_id', c.patient_id,
                    'patient already in the database (batch ' || p.batch_id || ') with other attributes ('
                    || concat_ws(', ', {diffs}) || '); undo that batch first to replace it'
             FROM {st.table}_clean c JOIN patients p USING (patient_id)
-            WHERE c.ok AND p.attributes_known AND ({differs})"""
+            WHERE c.ok AND p.attributes_known AND ({differs}) AND NOT ({named_only})"""
         self._record(st, rows)
         self._mark_bad(st)
         # Patients this load names: its scores and sessions may refer to them (README, "New patients").
