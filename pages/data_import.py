@@ -23,7 +23,9 @@ if outcome is not None:
     for line in outcome.lines:
         st.text(f"• {line}")
     for name, content in outcome.rejects:
-        st.download_button(f"Download quarantined rows: {name}", content, file_name=name, mime="text/csv")
+        st.download_button(
+            f"Download quarantined rows: {kapui.md_escape(name)}", content, file_name=name, mime="text/csv"
+        )
     if outcome.report is not None:
         st.dataframe(outcome.report, hide_index=True, width="stretch")
 
@@ -198,7 +200,9 @@ else:
             data.select_undo_choice(choices)  # the box and the confirmation always name the same batch
             batch = st.selectbox("Batch", list(choices), format_func=choices.get, key=data.UNDO_CHOICE)
             sure = st.checkbox(
-                f"Yes, remove {choices[batch]} from the database", key=f"undo_confirm_{batch}", value=False
+                f"Yes, remove {kapui.md_escape(choices[batch])} from the database",  # a file name: text only
+                key=f"undo_confirm_{batch}",
+                value=False,
             )
             if st.button("Undo batch", disabled=not sure, key="undo_go"):
                 try:

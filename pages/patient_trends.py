@@ -65,7 +65,8 @@ if view is None:
 s = view.status
 top = st.columns([4, 1.4, 2.2, 2.2], vertical_alignment="center")
 top[0].title(
-    f"Patient {view.patient_id}", help="Pseudonymous patient ID: no names or other personal details."
+    f"Patient {kapui.md_escape(view.patient_id)}",
+    help="Pseudonymous patient ID: no names or other personal details.",
 )
 top[1].button("← Caseload", on_click=ui.close_patient, help="Back to the ranked caseload.")
 with top[2]:

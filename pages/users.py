@@ -21,7 +21,7 @@ st.caption(
 )
 message = st.session_state.pop("users_message", None)
 if message:
-    (st.success if message[0] else st.error)(message[1])
+    (st.success if message[0] else st.error)(kapui.md_escape(message[1]))  # it holds a typed e-mail: text
 
 with db.reader(path) as con:
     rows = accounts.list_accounts(con)

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
+import kapui
 from kapdata import db, ingest
 from tests.conftest import snapshot
 
@@ -196,7 +197,11 @@ def test_quarantine_loads_the_valid_rows_and_offers_the_rejected_ones(own_db: Pa
     frame = pd.read_csv(io.BytesIO(rejects[0][1]), dtype=str)
     assert frame["_row"].tolist() == ["3", "4", "5"]
     assert frame["patient_id"].tolist() == ["P1", "P2", "P2"]
-    assert at.download_button[0].label == "Download quarantined rows: bad_scores.rejects.csv"
+    # the file name is text (Markdown escaped): it shows as "bad_scores.rejects.csv"
+    assert (
+        at.download_button[0].label
+        == f"Download quarantined rows: {kapui.md_escape('bad_scores.rejects.csv')}"
+    )
 
 
 def test_file_with_an_identifier_column_is_refused_and_cannot_be_quarantined(own_db: Path) -> None:
@@ -418,7 +423,7 @@ def test_after_an_undo_the_batch_box_and_the_confirmation_name_the_same_batch(ow
     assert box.proto.raw_value == box.options[0]
     assert box.options[0].startswith("batch 2 · sessions.csv")
     assert box.value == 2
-    assert _confirmation(at) == f"Yes, remove {box.options[0]} from the database"
+    assert _confirmation(at) == f"Yes, remove {kapui.md_escape(box.options[0])} from the database"
     assert at.checkbox(key="undo_confirm_2").value is False  # a new confirmation, not ticked
 
 
@@ -431,7 +436,7 @@ def test_after_a_commit_the_batch_box_names_the_new_batch_like_its_confirmation(
     box = at.selectbox(key="undo_batch")
     assert box.value == 4
     assert box.proto.set_value and box.proto.raw_value == box.options[0]
-    assert _confirmation(at) == f"Yes, remove {box.options[0]} from the database"
+    assert _confirmation(at) == f"Yes, remove {kapui.md_escape(box.options[0])} from the database"
 
 
 def test_templates_for_the_three_native_files_download_from_the_page(app_env: Path) -> None:
