@@ -583,16 +583,18 @@ SELECT * FROM bars ORDER BY population, list_position($scales, instrument), bar
 """
 
 #: Patients with a baseline whose safety items (PHQ-9 item 9) were endorsed (> 0), at baseline and at the
-#: latest questionnaire; only questionnaires with item answers count. Completers: the latest questionnaire
-#: after baseline. ITT: patients who dosed; the latest questionnaire or else the baseline one (LOCF).
+#: latest questionnaire; only questionnaires that answer the safety item count (DESIGN §5: unanswered is
+#: unknown and never clears a flag, so a later questionnaire with item 9 blank does not hide an endorsement).
+#: Completers: the latest such questionnaire after baseline. ITT: patients who dosed; the latest such
+#: questionnaire or else the baseline one (LOCF).
 _SAFETY_ITEMS_SQL = """
 WITH s AS (
     SELECT s.patient_id, s.instrument,
-           arg_max_null(s.safety_flag, s.assessed_at) FILTER (WHERE s.phase = 'preparation') AS at_baseline,
-           arg_max_null(s.safety_flag, s.assessed_at) FILTER (WHERE s.phase <> 'preparation') AS at_latest,
+           arg_max(s.safety_flag, s.assessed_at) FILTER (WHERE s.phase = 'preparation') AS at_baseline,
+           arg_max(s.safety_flag, s.assessed_at) FILTER (WHERE s.phase <> 'preparation') AS at_latest,
            count(*) FILTER (WHERE s.phase <> 'preparation') > 0 AS seen_later
     FROM scores_phased s SEMI JOIN cohort_patients c ON s.patient_id = c.patient_id
-    WHERE list_contains($safety_scales, s.instrument)
+    WHERE list_contains($safety_scales, s.instrument) AND s.safety_flag IS NOT NULL
     GROUP BY ALL
 ),
 j AS (

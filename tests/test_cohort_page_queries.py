@@ -486,6 +486,53 @@ def test_safety_item_endorsement_at_baseline_and_latest(rep):
     assert kn(itt.loc["latest"], "rate") == (2, 4)
 
 
+def test_an_unanswered_safety_item_never_hides_an_earlier_answer(tmp_path: Path) -> None:
+    """DESIGN §5: item 9 unanswered is unknown and never clears a flag. Only questionnaires that answer it
+    count; a later one with item 9 blank (its total prorated) is passed over.
+
+        P: baseline item 9 = 1; dosing questionnaire with item 9 blank
+        Q: baseline item 9 = 2; dosing item 9 = 0; integration questionnaire with item 9 blank
+    """
+
+    def blank9(patient: str, day: str) -> tuple[object, ...]:
+        return (patient, "PHQ-9", day, None, *[2] * 8, None, *[None] * 11)  # 16 of 8 answers: prorated 18
+
+    path = tmp_path / "kap.duckdb"
+    load(
+        path,
+        write_text(
+            tmp_path / "patients.csv",
+            csv_lines(PATIENTS_HEADER, [(p, "North", "PR1", "25-34", "female", "MDD", "IV") for p in "PQ"]),
+        ),
+        write_text(
+            tmp_path / "sessions.csv",
+            csv_lines(
+                SESSIONS_HEADER,
+                [(p, d, "IV", 35, *NORMAL, "") for p in ("P", "Q") for d in ("2025-03-01", "2025-03-29")],
+            ),
+        ),
+        write_text(
+            tmp_path / "scores.csv",
+            csv_lines(
+                SCORES_HEADER,
+                [
+                    phq("P", "2025-02-20", 20, 1),
+                    blank9("P", "2025-03-15"),
+                    phq("Q", "2025-02-20", 18, 2),
+                    phq("Q", "2025-03-15", 10, 0),
+                    blank9("Q", "2025-05-01"),
+                ],
+            ),
+        ),
+    )
+    rep = report(path)
+    comp = cohort.safety_tables(rep, "completers")["items"].set_index("timepoint")
+    assert kn(comp.loc["baseline"], "rate") == (2, 2)
+    assert kn(comp.loc["latest"], "rate") == (0, 1)  # Q's dosing answer 0; P answered it at no later time
+    itt = cohort.safety_tables(rep, "itt")["items"].set_index("timepoint")
+    assert kn(itt.loc["latest"], "rate") == (1, 2)  # P's baseline answer 1 carried forward, Q's 0
+
+
 def test_blood_pressure_above_threshold_counts_sessions_and_patients(rep):
     assert rep.sessions == {
         "sessions": 18,
