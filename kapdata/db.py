@@ -263,8 +263,12 @@ VIEWS_SQL: tuple[str, ...] = (
                     WHEN 'integration' THEN coalesce(p.integration, p.dosing, p.baseline)
                     WHEN 'follow-up' THEN coalesce(p.follow_up, p.integration, p.dosing, p.baseline)
                     ELSE coalesce(p.latest, p.baseline) END AS locf_endpoint,
-               p.baseline IS NOT NULL
-                   AND kap_due(ph.phase, d.first_session, d.last_session, cfg.as_of, cfg.window_days)
+               -- A patient who dosed and has a score in the phase has reached it, so is due for it (every
+               -- completer is in ITT), even while a recent session keeps the rule above from saying so.
+               p.baseline IS NOT NULL AND d.first_session IS NOT NULL
+                   AND (kap_due(ph.phase, d.first_session, d.last_session, cfg.as_of, cfg.window_days)
+                        OR CASE ph.phase WHEN 'dosing' THEN p.dosing WHEN 'integration' THEN p.integration
+                                WHEN 'follow-up' THEN p.follow_up ELSE p.latest END IS NOT NULL)
                    AS itt_due
         FROM score_points p
         LEFT JOIN patient_dosing d USING (patient_id)

@@ -401,7 +401,8 @@ def cohort_definitions(settings: Settings | None = None) -> list[Definition]:
             "The patients with a baseline who had at least one dosing session and are due for that endpoint "
             "on the data's last day (the newest date in the database): end of dosing and latest once dosed; "
             f"end of integration once no session in the last {phases.DOSING_ACTIVE_DAYS} days; follow-up "
-            f"once the integration window ({window}) after the last session has passed. A patient not yet "
+            f"once the integration window ({window}) after the last session has passed; in any phase, once "
+            "the patient has a score in it (every completer is in ITT). A patient not yet "
             "due is left out rather than counted as a non-responder. A missing endpoint carries the last "
             "observation forward, the baseline included, so no data after baseline counts as no response.",
             "due on the last day; endpoint = the phase's, else the last earlier phase's, else the baseline",

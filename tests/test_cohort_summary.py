@@ -170,8 +170,9 @@ def test_follow_up_counts_nobody_still_inside_the_integration_window(cohort_db):
 def test_itt_follow_up_carries_the_last_observation_for_patients_past_the_window(tmp_path: Path) -> None:
     # H: sessions 2024-11-01 and 2024-11-10, baseline 20, dosing 8; the data's last day 2025-05-01 (J) is 172
     # days after H's last session: due for follow-up, LOCF endpoint 8 (response, 60% down). J's last session
-    # 2025-04-20 is 11 days before: J is still dosing as far as the data shows, due for neither integration
-    # nor follow-up, but due for end of dosing and latest.
+    # 2025-04-20 is 11 days before: by the 14-day rule J is still dosing, due for neither integration nor
+    # follow-up; but J's score of 2025-05-01 (after the last session) is in integration, so J has reached
+    # integration and is due for it (a completer there). Due for end of dosing and latest too.
     patients = [
         ("H", "North", "Dr A", "25-34", "female", "MDD", "IV"),
         ("J", "North", "Dr A", "25-34", "female", "MDD", "IV"),
@@ -198,7 +199,8 @@ def test_itt_follow_up_carries_the_last_observation_for_patients_past_the_window
     assert r[("PHQ-9", "follow-up")]["rates"]["itt"]["response"] == pytest.approx(
         {"k": 1, "n": 1, "rate": 1.0, "ci_low": 0.2065, "ci_high": 1.0}, abs=1e-4
     )
-    assert (r[("PHQ-9", "integration")]["itt"], r[("PHQ-9", "integration")]["itt_not_yet_due"]) == (1, 1)
+    assert (r[("PHQ-9", "integration")]["itt"], r[("PHQ-9", "integration")]["itt_not_yet_due"]) == (2, 0)
+    assert r[("PHQ-9", "integration")]["completers"] == 1  # J
     assert (r[("PHQ-9", "dosing")]["itt"], r[("PHQ-9", "latest")]["itt"]) == (2, 2)
 
 
@@ -352,3 +354,31 @@ def test_joint_recovery_needs_a_case_on_either_scale_at_baseline_and_neither_at_
     assert (gad["k"], gad["n"]) == (1, 2)
     rate = cohort.joint_rate(rep, "completers", "dosing")
     assert rate is not None and (rate.k, rate.n) == (1, 2)
+
+
+def test_a_completer_is_in_itt_even_while_the_rule_says_not_yet_due(tmp_path: Path) -> None:
+    """Sessions 2025-06-01 and 06-12; the data's last day 06-22 is 10 days after the last session, so by the
+    14-day rule nobody is due for end of integration yet. P has integration scores (8 on 06-20, 9 on 06-22):
+    P reached the phase, so P is in ITT there with the completers; R (baseline only) is not yet due.
+    PHQ-9 20 → 9: a 55% reduction, a response; 9 is not below 5, no remission."""
+    patients = [(p, "North", "Dr A", "25-34", "female", "MDD", "IV") for p in ("P", "R")]
+    sessions = [r for p in ("P", "R") for r in sessions_rows(p, ["2025-06-01", "2025-06-12"])]
+    scores = [
+        ("P", "PHQ-9", "2025-05-30", 20),
+        ("P", "PHQ-9", "2025-06-20", 8),
+        ("P", "PHQ-9", "2025-06-22", 9),
+        ("R", "PHQ-9", "2025-05-30", 18),
+    ]
+    db_file = tmp_path / "kap.duckdb"
+    load(
+        db_file,
+        write_text(tmp_path / "patients.csv", csv_lines(PATIENTS_HEADER, patients)),
+        write_text(tmp_path / "sessions.csv", csv_lines(SESSIONS_HEADER, sessions)),
+        write_text(tmp_path / "scores.csv", csv_lines(SCORES_HEADER, scores)),
+    )
+    r = results(db_file)[("PHQ-9", "integration")]
+    assert (r["completers"], r["itt"], r["itt_not_yet_due"]) == (1, 1, 1)
+    for population in ("completers", "itt"):
+        rates = r["rates"][population]
+        assert (rates["response"]["k"], rates["response"]["n"]) == (1, 1)
+        assert (rates["remission"]["k"], rates["remission"]["n"]) == (0, 1)
