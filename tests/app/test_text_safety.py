@@ -7,6 +7,17 @@ import re
 from streamlit.testing.v1 import AppTest
 
 import kapui
+from tests.conftest import (
+    PATIENTS_HEADER,
+    SCORES_HEADER,
+    SESSIONS_HEADER,
+    csv_lines,
+    load,
+    sessions_rows,
+    write_text,
+)
+
+from .conftest import ROOT
 
 HOSTILE = "![beacon](http://tracker.example/p.png) [click](https://evil.example) www.evil.example :red[x] *b*"
 
@@ -33,31 +44,9 @@ def test_an_escaped_message_renders_as_the_characters_it_is() -> None:
 
 def test_a_clinic_name_with_a_link_and_an_image_is_shown_as_text_in_the_patient_view(tmp_path, monkeypatch):
     from kapui import patient as ui
-    from tests.conftest import (
-        PATIENTS_HEADER,
-        SCORES_HEADER,
-        SESSIONS_HEADER,
-        csv_lines,
-        load,
-        sessions_rows,
-        write_text,
-    )
-
-    from .conftest import ROOT
 
     clinic = "[Clinic](https://evil.example) ![b](http://tracker.example/p.png)"
-    db_file = tmp_path / "kap.duckdb"
-    load(
-        db_file,
-        write_text(
-            tmp_path / "patients.csv",
-            csv_lines(PATIENTS_HEADER, [("X1", clinic, "PR1", "25-34", "female", "MDD", "IV")]),
-        ),
-        write_text(
-            tmp_path / "sessions.csv", csv_lines(SESSIONS_HEADER, sessions_rows("X1", ["2025-03-01"]))
-        ),
-        write_text(tmp_path / "scores.csv", csv_lines(SCORES_HEADER, [("X1", "PHQ-9", "2025-02-20", 14)])),
-    )
+    db_file = _small_db(tmp_path, clinic=clinic)
     monkeypatch.setenv("KAP_DB", str(db_file))
     monkeypatch.chdir(ROOT)
     at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=60)
@@ -72,23 +61,16 @@ def test_a_clinic_name_with_a_link_and_an_image_is_shown_as_text_in_the_patient_
         assert kapui.md_escape(clinic) in value
 
 
-def _small_db(tmp_path, patient_id: str = "X1", patients_name: str = "patients.csv"):
-    from tests.conftest import (
-        PATIENTS_HEADER,
-        SCORES_HEADER,
-        SESSIONS_HEADER,
-        csv_lines,
-        load,
-        sessions_rows,
-        write_text,
-    )
-
+def _small_db(
+    tmp_path, patient_id: str = "X1", patients_name: str = "patients.csv", clinic: str = "Northside"
+):
+    """One patient, one session, one PHQ-9: a database for the page tests of this module."""
     db_file = tmp_path / "kap.duckdb"
     load(
         db_file,
         write_text(
             tmp_path / patients_name,
-            csv_lines(PATIENTS_HEADER, [(patient_id, "Northside", "PR1", "25-34", "female", "MDD", "IV")]),
+            csv_lines(PATIENTS_HEADER, [(patient_id, clinic, "PR1", "25-34", "female", "MDD", "IV")]),
         ),
         write_text(
             tmp_path / "sessions.csv", csv_lines(SESSIONS_HEADER, sessions_rows(patient_id, ["2025-03-01"]))
@@ -103,8 +85,6 @@ def _small_db(tmp_path, patient_id: str = "X1", patients_name: str = "patients.c
 def test_a_patient_id_with_underscores_is_its_own_characters_in_the_title(tmp_path, monkeypatch):
     from kapui import patient as ui
 
-    from .conftest import ROOT
-
     monkeypatch.setenv("KAP_DB", str(_small_db(tmp_path, "__K9__")))
     monkeypatch.chdir(ROOT)
     at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=60)
@@ -116,7 +96,6 @@ def test_a_patient_id_with_underscores_is_its_own_characters_in_the_title(tmp_pa
 
 
 def test_a_file_name_with_markdown_is_text_in_the_undo_confirmation(tmp_path, monkeypatch):
-    from .conftest import ROOT
 
     name = "![b](https:tracker.example?b.png) **www.evil.example**.csv"
     monkeypatch.setenv("KAP_DB", str(_small_db(tmp_path, patients_name=name)))
@@ -133,8 +112,6 @@ def test_a_typed_e_mail_with_markdown_is_text_in_the_users_page_message(tmp_path
     import datetime as dt
 
     from kapdata import accounts
-
-    from .conftest import ROOT
 
     db_file = _small_db(tmp_path)
     accounts.add(db_file, "admin@clinic.example", "admin", (), "correct horse battery")
