@@ -370,3 +370,21 @@ def test_a_refused_fhir_file_or_a_mapping_that_does_not_fit_leaves_the_database_
         ingest.load_files([ingest.SourceFile(odd, odd.name, mapping=mapping)], base_db)
     assert snapshot(base_db) == before
     assert "which is not in the file" in str(info.value.result.errors[0])
+
+
+def test_a_staged_copy_is_only_ever_made_of_our_own_work_tables() -> None:
+    """Table names cannot be query parameters: the one statement that copies a staged file by name refuses
+    any name that is not ``raw_<n>`` / ``raw_<n>_csv``, before anything reaches DuckDB."""
+    import types
+
+    import duckdb
+
+    from kapdata.ingest.staging import Stager
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE patients (patient_id VARCHAR)")
+    stager = Stager(con)
+    for name in ("patients; DROP TABLE patients; --_csv", "raw_1 AS SELECT 1; --_csv", "scores_csv"):
+        with pytest.raises(ValueError, match="not a staging work table"):
+            stager._text_table(types.SimpleNamespace(direct=True, raw=name))  # type: ignore[arg-type]
+    assert con.execute("SELECT count(*) FROM patients").fetchone() == (0,)  # nothing ran

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -37,6 +38,9 @@ from kapdata.ingest.report import FileResult, LoadResult, Problem
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+#: The name of a file's staged copy (``raw_<n>``), the only table names built into SQL here.
+_WORK_TABLE = re.compile(r"raw_\d{1,6}")
 
 # ------------------------------------------------------------------------------------------- the load
 
@@ -380,7 +384,11 @@ class Stager:
         if not st.direct:
             return
         view, table = st.raw, st.raw.removesuffix("_csv")
-        self.con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT * FROM {view}")
+        # Table names cannot be query parameters: these are our own work tables (raw_<n>, raw_<n>_csv), never
+        # a name a file supplied.
+        if not (_WORK_TABLE.fullmatch(table) and view in (table, table + "_csv")):
+            raise ValueError(f"not a staging work table: {view!r}")
+        self.con.execute("CREATE OR REPLACE TEMP TABLE " + table + " AS SELECT * FROM " + view)
         base = self._same_rows(st, table)
         st.raw, st.direct = table, False
         self.con.execute("DROP VIEW IF EXISTS " + view)
