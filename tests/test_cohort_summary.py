@@ -63,6 +63,18 @@ def write_cohort(folder: Path) -> list[Path]:
     ]
 
 
+def load_rows(folder: Path, patients: list, sessions: list, scores: list) -> Path:
+    """A new database in ``folder`` from the three files made of these rows."""
+    db_file = folder / "kap.duckdb"
+    load(
+        db_file,
+        write_text(folder / "patients.csv", csv_lines(PATIENTS_HEADER, patients)),
+        write_text(folder / "sessions.csv", csv_lines(SESSIONS_HEADER, sessions)),
+        write_text(folder / "scores.csv", csv_lines(SCORES_HEADER, scores)),
+    )
+    return db_file
+
+
 @pytest.fixture(scope="module")
 def cohort_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("cohort")
@@ -186,13 +198,7 @@ def test_itt_follow_up_carries_the_last_observation_for_patients_past_the_window
     sessions = sessions_rows("H", ["2024-11-01", "2024-11-10"]) + sessions_rows(
         "J", ["2025-04-10", "2025-04-20"]
     )
-    db_file = tmp_path / "kap.duckdb"
-    load(
-        db_file,
-        write_text(tmp_path / "patients.csv", csv_lines(PATIENTS_HEADER, patients)),
-        write_text(tmp_path / "sessions.csv", csv_lines(SESSIONS_HEADER, sessions)),
-        write_text(tmp_path / "scores.csv", csv_lines(SCORES_HEADER, scores)),
-    )
+    db_file = load_rows(tmp_path, patients, sessions, scores)
     r = results(db_file)
     assert (r[("PHQ-9", "follow-up")]["itt"], r[("PHQ-9", "follow-up")]["itt_not_yet_due"]) == (1, 1)
     assert r[("PHQ-9", "follow-up")]["itt_means"]["mean_endpoint"] == pytest.approx(8.0)
@@ -293,13 +299,7 @@ def test_recovery_rates_count_only_patients_who_started_in_the_clinical_range(tm
         ("G", "PHQ-9", "2025-03-15", 4),
     ]
     sessions = [r for pid in "FG" for r in sessions_rows(pid, ["2025-03-01", "2025-03-29"])]
-    db_file = tmp_path / "kap.duckdb"
-    load(
-        db_file,
-        write_text(tmp_path / "patients.csv", csv_lines(PATIENTS_HEADER, patients)),
-        write_text(tmp_path / "sessions.csv", csv_lines(SESSIONS_HEADER, sessions)),
-        write_text(tmp_path / "scores.csv", csv_lines(SCORES_HEADER, scores)),
-    )
+    db_file = load_rows(tmp_path, patients, sessions, scores)
     row = results(db_file)[("PHQ-9", "dosing")]
     for group in ("completers", "itt"):
         rates = row["rates"][group]
@@ -338,13 +338,7 @@ def test_joint_recovery_needs_a_case_on_either_scale_at_baseline_and_neither_at_
         if gad:
             scores += [(pid, "GAD-7", "2025-02-20", gad[0]), (pid, "GAD-7", "2025-03-15", gad[1])]
     sessions = [r for pid in ids for r in sessions_rows(pid, ["2025-03-01", "2025-03-29"])]
-    db_file = tmp_path / "kap.duckdb"
-    load(
-        db_file,
-        write_text(tmp_path / "patients.csv", csv_lines(PATIENTS_HEADER, patients)),
-        write_text(tmp_path / "sessions.csv", csv_lines(SESSIONS_HEADER, sessions)),
-        write_text(tmp_path / "scores.csv", csv_lines(SCORES_HEADER, scores)),
-    )
+    db_file = load_rows(tmp_path, patients, sessions, scores)
     with db.reader(db_file) as con:
         joint = {j["phase"]: j for j in cohort.joint_recovery(con)}
         rep = cohort.report(con)
@@ -369,13 +363,7 @@ def test_a_completer_is_in_itt_even_while_the_rule_says_not_yet_due(tmp_path: Pa
         ("P", "PHQ-9", "2025-06-22", 9),
         ("R", "PHQ-9", "2025-05-30", 18),
     ]
-    db_file = tmp_path / "kap.duckdb"
-    load(
-        db_file,
-        write_text(tmp_path / "patients.csv", csv_lines(PATIENTS_HEADER, patients)),
-        write_text(tmp_path / "sessions.csv", csv_lines(SESSIONS_HEADER, sessions)),
-        write_text(tmp_path / "scores.csv", csv_lines(SCORES_HEADER, scores)),
-    )
+    db_file = load_rows(tmp_path, patients, sessions, scores)
     r = results(db_file)[("PHQ-9", "integration")]
     assert (r["completers"], r["itt"], r["itt_not_yet_due"]) == (1, 1, 1)
     for population in ("completers", "itt"):

@@ -42,18 +42,23 @@ def test_an_escaped_message_renders_as_the_characters_it_is() -> None:
     assert "\\!\\[beacon\\]" in shown and "\\(http\\://tracker" in shown
 
 
-def test_a_clinic_name_with_a_link_and_an_image_is_shown_as_text_in_the_patient_view(tmp_path, monkeypatch):
+def _patient_page(monkeypatch, db_file, patient_id: str) -> AppTest:
+    """The app on ``db_file``, opened at one patient by its link."""
     from kapui import patient as ui
 
-    clinic = "[Clinic](https://evil.example) ![b](http://tracker.example/p.png)"
-    db_file = _small_db(tmp_path, clinic=clinic)
     monkeypatch.setenv("KAP_DB", str(db_file))
     monkeypatch.chdir(ROOT)
     at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=60)
-    at.query_params[ui.PARAM] = "X1"
+    at.query_params[ui.PARAM] = patient_id
     at.run()
     at.switch_page("pages/patient_trends.py").run()
     assert not at.exception, at.exception
+    return at
+
+
+def test_a_clinic_name_with_a_link_and_an_image_is_shown_as_text_in_the_patient_view(tmp_path, monkeypatch):
+    clinic = "[Clinic](https://evil.example) ![b](http://tracker.example/p.png)"
+    at = _patient_page(monkeypatch, _small_db(tmp_path, clinic=clinic), "X1")
     shown = [m.value for m in at.markdown if "Clinic" in m.value and "evil" in m.value]
     assert shown, "the header strip shows the clinic"
     for value in shown:
@@ -83,15 +88,7 @@ def _small_db(
 
 
 def test_a_patient_id_with_underscores_is_its_own_characters_in_the_title(tmp_path, monkeypatch):
-    from kapui import patient as ui
-
-    monkeypatch.setenv("KAP_DB", str(_small_db(tmp_path, "__K9__")))
-    monkeypatch.chdir(ROOT)
-    at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=60)
-    at.query_params[ui.PARAM] = "__K9__"
-    at.run()
-    at.switch_page("pages/patient_trends.py").run()
-    assert not at.exception, at.exception
+    at = _patient_page(monkeypatch, _small_db(tmp_path, "__K9__"), "__K9__")
     assert [t.value for t in at.title] == ["Patient \\_\\_K9\\_\\_"]  # not "Patient **K9**" (bold)
 
 
