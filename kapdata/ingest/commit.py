@@ -11,10 +11,7 @@ import duckdb
 
 from kapdata import csvsafe, db
 from kapdata.ingest.staging import _Staged
-from kapdata.ingest.validation import Validator
-
-#: The patients columns besides the id (the attributes a patients file gives).
-_PATIENT_ATTRIBUTES = ("clinic", "provider", "age_band", "sex", "primary_condition", "route")
+from kapdata.ingest.validation import Validator, names_only
 
 
 class Loader(Validator):
@@ -67,7 +64,7 @@ class Loader(Validator):
             # read; a patients file with only patient_id) says the patient exists, not what they are: a new
             # patient is created with unknown attributes, which a later patients file fills in, and a
             # patient already there is left as it is.
-            named_only = " AND ".join(f"n.{c} IS NULL" for c in _PATIENT_ATTRIBUTES)
+            named_only = names_only("n")
             fill = self.con.execute(
                 f"""SELECT count(*) FROM {rows} n JOIN patients p USING (patient_id)
                    WHERE NOT p.attributes_known AND NOT ({named_only})"""

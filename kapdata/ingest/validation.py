@@ -40,6 +40,14 @@ from kapdata.ingest.contract import (
 from kapdata.ingest.readers import _diagnose_csv
 from kapdata.ingest.staging import Stager, _Staged
 
+#: A patient's attributes: the patients columns besides the id.
+PATIENT_ATTRIBUTES: tuple[str, ...] = COLUMNS["patients"][1:]
+
+
+def names_only(alias: str) -> str:
+    """SQL: the patients row ``alias`` gives none of the attributes (it only names the patient)."""
+    return " AND ".join(f"{alias}.{c} IS NULL" for c in PATIENT_ATTRIBUTES)
+
 
 class Validator(Stager):
     def _checked_clean(self, st: _Staged, checks: list[Check], typed: str, also_bad: str = "false") -> bool:
@@ -256,7 +264,7 @@ class Validator(Stager):
         if not self._checked_clean(st, checks, typed):
             return  # the file is refused whole
         self._lookalike_ids(st)
-        value_cols = ["clinic", "provider", "age_band", "sex", "primary_condition", "route"]
+        value_cols = list(PATIENT_ATTRIBUTES)
         self._key_conflicts(st, ["patient_id"], value_cols, "patient_id", "patient", None)
         # Against the database: a patient with known attributes that differ is a conflict; a patient
         # created earlier with unknown attributes (from a scores/sessions file) gets them filled in.
@@ -266,7 +274,7 @@ class Validator(Stager):
         )
         differs = " OR ".join(f"c.{v} IS DISTINCT FROM p.{v}" for v in value_cols)
         # A row that gives no attribute only names the patient (a FHIR Patient): never a conflict.
-        named_only = " AND ".join(f"c.{v} IS NULL" for v in value_cols)
+        named_only = names_only("c")
         rows = f"""SELECT c.row_no, 'patient_id', c.patient_id,
                    'patient already in the database (batch ' || p.batch_id || ') with other attributes ('
                    || concat_ws(', ', {diffs}) || '); undo that batch first to replace it'
