@@ -1203,6 +1203,45 @@ def test_fingerprint_finds_a_blank_line_across_read_chunks(tmp_path):
     assert ingest.fingerprint(plain)[1] is False
 
 
+def test_scans_started_ahead_are_those_of_the_file_as_it_is_when_used(tmp_path):
+    """A file scanned ahead (its fingerprint read while the database is opened) and changed before its
+    turn is scanned again: the load never records the sha256 of a version it did not read."""
+    import hashlib
+    import os
+
+    from kapdata.ingest.readers import ScanAhead, scan
+
+    same = write_text(tmp_path / "same.csv", "a,b\n1,2\n")
+    changed = write_text(tmp_path / "changed.csv", "a,b\n1,2\n")
+    ahead = ScanAhead([same, changed, tmp_path / "missing.csv"])
+    try:
+        first = ahead.get(same)  # waits for its scan
+        data = b"a,b\n\n3,4\n"  # a blank line now, and other bytes
+        changed.write_bytes(data)
+        os.utime(changed, ns=(1, 1))  # a different modification time, whatever the clock's resolution
+        assert first == scan(same)
+        assert ahead.get(changed) == (hashlib.sha256(data).hexdigest(), True, True)
+        assert ahead.get(same) == scan(same)  # asked again: scanned again, not an error
+    finally:
+        ahead.close()
+
+
+def test_a_first_load_is_checked_in_a_copy_whose_checkpoint_does_not_rewrite_row_groups(tmp_path):
+    """The whole copy's settings (``pipeline._COPY_CONFIG``): no vacuum at its checkpoint, which would
+    compress again the row groups a parallel insert leaves part-filled."""
+    from kapdata.ingest import pipeline
+
+    target = tmp_path / "kap.duckdb"
+    with db.session(target):
+        pass
+    with pipeline._staging(target, whole=True, memory_limit="1GB") as stage:
+        assert stage.copy is not None
+        settings = stage.con.execute(
+            "SELECT current_setting('max_vacuum_tasks'), current_setting('memory_limit')"
+        ).fetchone()
+    assert settings is not None and settings[0] == 0 and settings[1] == "953.6 MiB"  # 1 GB
+
+
 # ----------------------------------------------------------------------------------- new patients
 
 

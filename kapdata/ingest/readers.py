@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 
@@ -18,6 +19,9 @@ from kapdata.ingest.contract import (
     Kind,
     SourceFile,
 )
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 # --------------------------------------------------------------------------------------------- reading
 
@@ -64,6 +68,41 @@ def scan(path: Path) -> tuple[str, bool, bool]:
         except UnicodeDecodeError:
             text = False
     return h.hexdigest(), blank, text
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+class ScanAhead:
+    """The scans (:func:`scan`) of a load's files, started at once in a background thread: reading a large
+    file for its fingerprint then overlaps the database work done before its turn (hashing releases the
+    interpreter lock). :meth:`get` gives a file's scan, scanned again if the file changed since."""
+
+    def __init__(self, paths: Iterable[Path]) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kap-scan")
+        self._jobs: dict[Path, tuple[tuple[int, int, int] | None, Future[tuple[str, bool, bool]]]] = {}
+        for path in paths:
+            if path not in self._jobs and path.is_file():
+                self._jobs[path] = (_stamp(path), self._pool.submit(scan, path))
+
+    def get(self, path: Path) -> tuple[str, bool, bool]:
+        job = self._jobs.pop(path, None)
+        if job is not None:
+            stamp, future = job
+            result = future.result()
+            if stamp is not None and _stamp(path) == stamp:
+                return result
+        return scan(path)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 class FileError(Exception):

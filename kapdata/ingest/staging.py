@@ -26,6 +26,7 @@ from kapdata.ingest.contract import (
 from kapdata.ingest.readers import (
     _CSV_SUFFIXES,
     FileError,
+    ScanAhead,
     _classify,
     _diagnose_csv,
     _read_raw,
@@ -84,8 +85,10 @@ class Stager:
         on_error: OnError = "reject",
         today: dt.date | None = None,
         new_patients: bool = False,
+        scans: ScanAhead | None = None,
     ) -> None:
         self.con = con
+        self.scans = scans  # the files' scans, started ahead (None: each is scanned in its turn)
         self.on_error = on_error
         self.new_patients = new_patients
         self.today = today or dt.date.today()
@@ -109,7 +112,9 @@ class Stager:
 
     def _stage(self, index: int, src: SourceFile) -> _Staged | None:
         stat = os.stat(src.path) if src.path.exists() else None
-        sha, has_blank_line, plain_text = scan(src.path) if src.path.exists() else ("", False, False)
+        sha, has_blank_line, plain_text = ("", False, False)
+        if src.path.exists():
+            sha, has_blank_line, plain_text = self.scans.get(src.path) if self.scans else scan(src.path)
         result = FileResult(src.name, None, sha)
         self.result.files.append(result)
         raw = f"raw_{index}"
